@@ -1,0 +1,50 @@
+/*
+ * kvm_shim.h - the whole C surface of lguest-on-KVM.
+ *
+ * Mechanism only: open /dev/kvm, issue ioctls, run a vCPU until something
+ * happens that Python must see, and kick a running vCPU from another thread.
+ * Nothing here knows about lguest; the policy is Python's (launcher/host/).
+ * The Python side reaches this file through exactly one module,
+ * launcher/kvm.py.
+ */
+#ifndef LGUEST_KVM_SHIM_H
+#define LGUEST_KVM_SHIM_H
+
+#include <stdint.h>
+#include <linux/kvm.h>
+
+/* Per-vCPU state the run loop and kick() share. */
+struct shim_vcpu {
+    int fd;                       /* the vCPU file descriptor */
+    struct kvm_run *run;          /* its mmap()ed kvm_run page */
+    long run_size;
+    uint32_t kick_vector;         /* interrupt vector a kick injects */
+    volatile int kick_pending;    /* set by kick(), consumed by the run loop */
+    volatile int thread_valid;    /* vcpu_thread below is meaningful */
+    uint64_t vcpu_thread;         /* pthread_t of the thread in shim_vcpu_run */
+    /* Counters of exits the loop absorbed without returning to Python. */
+    uint64_t kicks_injected;
+    uint64_t window_exits;
+    uint64_t eintr_exits;
+};
+
+/* Result codes of shim_vcpu_run besides a KVM exit reason (which are >= 0). */
+#define SHIM_RUN_SIGNAL   (-1000)  /* a signal that was not a kick: let Python run handlers */
+
+long shim_open(const char *path);
+long shim_ioctl_int(int fd, unsigned long request, unsigned long arg);
+long shim_ioctl_ptr(int fd, unsigned long request, void *arg);
+
+long shim_vcpu_init(struct shim_vcpu *v, int fd, long run_size, uint32_t kick_vector);
+void shim_vcpu_fini(struct shim_vcpu *v);
+long shim_vcpu_run(struct shim_vcpu *v);
+void shim_vcpu_kick(struct shim_vcpu *v);
+void shim_vcpu_clear_kick(struct shim_vcpu *v);
+
+/* The exit floor: KVM_RUN n times on a guest that does nothing but `out`. */
+long shim_bench_exit_loop(struct shim_vcpu *v, long n, uint16_t port, uint64_t *elapsed_ns);
+/* getppid() n times, timed in C: the host system-call floor. */
+uint64_t shim_bench_getppid(long n);
+uint64_t shim_monotonic_ns(void);
+
+#endif
