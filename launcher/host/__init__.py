@@ -1,0 +1,11 @@
+"""The lguest Host, in Python: one module per duty, as drivers/lguest had.
+
+- ``core``        the exit loop: run, decode, dispatch, kill, resume
+- ``hypercalls``  LHCALL_* numbers and the dispatch table
+- ``traps``       the guest's IDT, the real IDT's direct traps, delivering a
+                  trap or interrupt into the guest (lguest-abi.md §6)
+- ``segments``    the GDT and TLS entries (lguest-abi.md §2)
+
+Read ``core`` first.
+"""
+from .core import Host, Outcome  # noqa: F401

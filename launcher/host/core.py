@@ -1,0 +1,312 @@
+"""The exit loop: where every trip out of the guest lands.
+
+One iteration (design.md, "One exit, end to end"):
+
+1. ``prepare_resume``: deliver a pending virtual interrupt if the guest can
+   take one, check the frame we are about to resume (cs/ss ring 1 or 3, IF on,
+   IOPL 0), and publish the privileged requests for the Switcher;
+2. ``vcpu.run()``: KVM_RUN until the Switcher's `out` (or another exit);
+3. decode the register page and dispatch: a hypercall by number, a trap by
+   vector. A handler that finds the guest misbehaving raises ``GuestFault``
+   and the loop kills the guest with that reason.
+
+Next: hypercalls.py for the numbers, traps.py for delivery into the guest.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import GuestFault
+from ..kvm import EXIT_NAMES, lib
+from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY, X86_EFLAGS_IF, Machine
+from ..switcher import (CS, EAX, EBX, ECX, EDX, EFLAGS, EIP, ERRCODE, ESI, SS, TRAPNUM,
+                        PAGE)
+from . import hypercalls as H
+from .lguest_data import G2, LguestData, LguestDataLayout
+from .segments import Segments
+from .traps import Traps
+
+LGUEST_SHUTDOWN_POWEROFF, LGUEST_SHUTDOWN_RESTART = 1, 2
+X86_EFLAGS_IOPL = 0x3000
+X86_EFLAGS_VM = 0x20000
+
+
+@dataclass
+class Outcome:
+    """How a run ended: ``kind`` is poweroff, restart, crash or killed."""
+    kind: str
+    message: str
+
+
+class Host:
+    """The lguest Host for one guest on one ``Machine``."""
+
+    def __init__(self, machine: Machine, layout: LguestDataLayout = G2) -> None:
+        self.machine = machine
+        self.layout = layout
+        self.lguest_data: LguestData | None = None
+        self.memory = machine.memory
+        self.regs = machine.regs
+        self.requests = machine.requests
+        self.image = machine.image
+        self.segments = Segments(machine, machine.memory)
+        self.traps = Traps(self)
+        self.outcome: Outcome | None = None
+        self.exits: Counter[str] = Counter()
+        self.hypercall_counts: Counter[int] = Counter()
+        self.trap_counts: Counter[int] = Counter()
+        self.ss1, self.esp1 = 0, 0
+        self.noirq = (0, 0)
+        self.kernel_address = 0
+        self.last_cr2 = 0
+        self.ram_limit = machine.layout.slot0_size
+        # Built once: dispatch is one dict lookup per exit.
+        self.hypercalls: dict[int, H.Handler] = {
+            H.LHCALL_LGUEST_INIT: self.hcall_init,
+            H.LHCALL_SHUTDOWN: self.hcall_shutdown,
+            H.LHCALL_NOTIFY: lambda gpa, _a, _b, _c: self.on_notify(gpa),
+            H.LHCALL_FLUSH_ASYNC: self.hcall_nop,
+            H.LHCALL_SEND_INTERRUPTS: self.hcall_nop,
+            H.LHCALL_LOAD_IDT_ENTRY: lambda v, lo, hi, _: self.traps.load_idt_entry(v, lo, hi),
+            H.LHCALL_LOAD_GDT_ENTRY: lambda i, lo, hi, _: self.segments.load_gdt_entry(i, lo, hi),
+            H.LHCALL_LOAD_TLS: lambda gpa, _cpu, _a, _b: self.segments.load_tls(gpa),
+        }
+        self.trap_handlers: dict[int, Callable[[], None]] = {
+            LGUEST_TRAP_ENTRY: self.do_hypercall,
+            13: self.on_general_protection,
+            14: self.on_page_fault,
+            KICK_VECTOR: self.on_host_interrupt,
+        }
+        # The Launcher's side: NOTIFY values the Host does not handle itself.
+        self.on_notify: Callable[[int], None] = lambda gpa: None
+        # Tests and the Launcher may hook the port-I/O emulation.
+        self.port_in: Callable[[int, int], int] | None = None
+        self.port_out: Callable[[int, int, int], None] | None = None
+
+    # -- ending a run ----------------------------------------------------------
+    def kill(self, reason: str) -> None:
+        if self.outcome is None:
+            self.outcome = Outcome("killed", reason)
+
+    def finish(self, kind: str, message: str) -> None:
+        if self.outcome is None:
+            self.outcome = Outcome(kind, message)
+
+    # -- the loop --------------------------------------------------------------
+    def run(self) -> Outcome:
+        vcpu = self.machine.vcpu
+        io = vcpu.io
+        exit_port = self.image.SW_EXIT_PORT
+        fault_port = self.image.SW_FAULT_PORT
+        handle_trap = self.handle_trap
+        while self.outcome is None:
+            try:
+                self.prepare_resume()
+                reason = vcpu.run()
+                if reason == lib.KVM_EXIT_IO and io.port == exit_port:
+                    handle_trap()
+                elif reason == lib.SHIM_RUN_SIGNAL:
+                    self.exits["signal"] += 1       # Python's handlers have run
+                else:
+                    self.unusual_exit(reason, fault_port)
+            except GuestFault as fault:
+                self.kill(str(fault))
+        return self.outcome
+
+    def prepare_resume(self) -> None:
+        self.machine.vcpu.clear_kick()
+        self.deliver_interrupts()
+        self.validate_frame()
+        self.requests.publish()
+
+    def deliver_interrupts(self) -> None:
+        """Virtual interrupt delivery; the interrupts duty fills this in."""
+
+    def validate_frame(self) -> None:
+        """Never iret into anything but ring 1 or 3 with IF on and IOPL 0."""
+        r = self.regs
+        cs, ss = r[CS], r[SS]
+        rpl = cs & 3
+        if rpl not in (1, 3) or (ss & 3) != rpl:
+            raise GuestFault(f"refusing to resume the guest with cs {cs:#x} ss {ss:#x}")
+        r[EFLAGS] = (r[EFLAGS] | X86_EFLAGS_IF) & ~(X86_EFLAGS_IOPL | X86_EFLAGS_VM)
+
+    def handle_trap(self) -> None:
+        trapnum = self.regs[TRAPNUM]
+        self.trap_counts[trapnum] += 1
+        handler = self.trap_handlers.get(trapnum)
+        if handler is not None:
+            handler()
+        elif trapnum >= 32 and trapnum != self.traps.syscall_vector:
+            self.on_host_interrupt()
+        else:
+            self.traps.reflect(trapnum)
+
+    def unusual_exit(self, reason: int, fault_port: int) -> None:
+        vcpu = self.machine.vcpu
+        if reason == lib.KVM_EXIT_IO and vcpu.io.port == fault_port:
+            raise GuestFault(self.switcher_fault_message())
+        if reason == lib.KVM_EXIT_MMIO:
+            raise GuestFault(f"guest accessed {vcpu.mmio.phys_addr:#x}, outside its memory")
+        if reason == lib.KVM_EXIT_SHUTDOWN:
+            raise GuestFault("the guest triple-faulted (the CPU shut down)")
+        if reason == lib.KVM_EXIT_IO:
+            raise GuestFault(f"unexpected port I/O to {vcpu.io.port:#x} from the VM")
+        raise GuestFault(f"unexpected KVM exit {EXIT_NAMES.get(reason, reason)}")
+
+    def switcher_fault_message(self) -> str:
+        fault = self.requests.take_fault()
+        if fault is None:
+            return "the Switcher reported a fault but recorded none"
+        vector, errcode, eip = fault
+        doing = "handling a trap"
+        for label, what in (("restore_gs", "restoring gs"), ("restore_fs", "restoring fs"),
+                            ("restore_ds", "restoring ds"), ("restore_es", "restoring es"),
+                            ("restore_iret", "returning to the guest (iret)")):
+            if eip == self.image.symbols[label]:
+                doing = what
+        return (f"fault inside the Switcher while {doing}: trap {vector} error code "
+                f"{errcode:#x} (a bad selector or frame in the guest's saved state)")
+
+    # -- hypercalls ------------------------------------------------------------
+    def do_hypercall(self) -> None:
+        r = self.regs
+        number = r[EAX]
+        self.hypercall_counts[number] += 1
+        if self.lguest_data is None and number != H.LHCALL_LGUEST_INIT:
+            raise GuestFault(f"{H.name_of(number)} before LGUEST_INIT")
+        handler = self.hypercalls.get(number)
+        if handler is None:
+            raise GuestFault(f"unknown hypercall {number}")
+        handler(r[EBX], r[ECX], r[EDX], r[ESI])
+
+    def hcall_init(self, gpa: int, *_: int) -> None:
+        """LGUEST_INIT (lguest-abi.md §3.4): learn where lguest_data lives
+        and fill in what the Host owes the guest there."""
+        if self.lguest_data is not None:
+            raise GuestFault("LGUEST_INIT called twice")
+        data = LguestData(self.memory, gpa, self.layout)
+        data.set("tsc_khz", self.machine.tsc_khz)
+        syscall_vec = data.get("syscall_vec")
+        if syscall_vec != 0x80:
+            raise GuestFault(f"LGUEST_INIT: unsupported system call vector {syscall_vec:#x}")
+        kernel_address = data.get("kernel_address")
+        if kernel_address >= self.image.SW_BASE:
+            raise GuestFault(f"LGUEST_INIT: kernel address {kernel_address:#x} is inside "
+                             "the Switcher's reserved region")
+        if self.layout.noirq_start is not None:
+            self.noirq = (data.get("noirq_start"), data.get("noirq_end"))
+        self.kernel_address = kernel_address
+        # The top 4 MiB (PDE 1023; PMD 510-511 with PAE) is the Switcher's.
+        data.set("reserve_mem", 0x100000000 - self.image.SW_BASE)
+        self.set_wallclock(data)
+        self.lguest_data = data
+
+    def set_wallclock(self, data: LguestData) -> None:
+        import time as _time
+        ns = _time.time_ns()
+        data.set_time(ns // 1_000_000_000, ns % 1_000_000_000)
+
+    def hcall_shutdown(self, gpa: int, how: int, *_: int) -> None:
+        """SHUTDOWN: poweroff ("Power down"), a panic (its text) or, with
+        LGUEST_SHUTDOWN_RESTART, a reboot. lguest read exactly 128 bytes."""
+        raw = self.memory.read(gpa, 128, "SHUTDOWN message")[:127]
+        message = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if how == LGUEST_SHUTDOWN_RESTART:
+            self.finish("restart", message)
+        elif message == "Power down":
+            self.finish("poweroff", message)
+        else:
+            self.finish("crash", message)
+
+    def hcall_nop(self, *_args: int) -> None:
+        """FLUSH_ASYNC and SEND_INTERRUPTS: their work is the side effects
+        every hypercall and every resume already have."""
+
+    # -- traps -----------------------------------------------------------------
+    def on_host_interrupt(self) -> None:
+        """A kick or other host interrupt: nothing to do but reach the
+        delivery point in prepare_resume."""
+
+    def on_page_fault(self) -> None:
+        self.last_cr2 = self.requests.cr2
+        self.traps.reflect(14)
+
+    def on_general_protection(self) -> None:
+        if self.regs[ERRCODE] == 0 and self.emulate_io():
+            return
+        self.traps.reflect(13)
+
+    def emulate_io(self) -> bool:
+        """lguest's #GP(0) emulation of in/out at ring 1: reads give all ones,
+        writes are dropped, and `cli` is skipped (lguest-abi.md §6.6)."""
+        r = self.regs
+        if (r[CS] & 3) != 1:
+            return False
+        eip = r[EIP]
+        insn = self.read_guest_code(eip, 3)
+        size, at = 4, 0
+        if insn[0] == 0x66:
+            size, at = 2, 1
+        op = insn[at]
+        if op == 0xFA:                       # cli: the guest's IF is virtual
+            r[EIP] = eip + at + 1
+            return True
+        if op in (0xE4, 0xE5, 0xE6, 0xE7):   # in/out with an imm8 port
+            port, length = insn[at + 1], at + 2
+        elif op in (0xEC, 0xED, 0xEE, 0xEF):  # in/out with the port in dx
+            port, length = r[EDX] & 0xFFFF, at + 1
+        else:
+            return False
+        if not op & 1:
+            size = 1
+        if op & 2:                           # out
+            if self.port_out is not None:
+                self.port_out(port, size, r[EAX] & ((1 << (8 * size)) - 1))
+        else:
+            mask = (1 << (8 * size)) - 1
+            value = self.port_in(port, size) if self.port_in is not None else mask
+            r[EAX] = (r[EAX] & ~mask) | (value & mask)
+        r[EIP] = eip + length
+        return True
+
+    # -- guest memory through guest addresses -----------------------------------
+    def translate(self, vaddr: int, write: bool = False) -> int:
+        """Guest virtual -> guest physical. Linear mode: identity below the
+        RAM limit. (The page-table duty replaces this after NEW_PGTABLE.)"""
+        if vaddr >= self.ram_limit:
+            raise GuestFault(f"guest address {vaddr:#x} is not mapped")
+        return vaddr
+
+    def read_guest_code(self, vaddr: int, length: int) -> bytes:
+        """Bytes at a guest virtual address; a second page that is not mapped
+        reads as zeros, as lguest's instruction fetch did."""
+        out = bytearray()
+        while length:
+            chunk = min(length, PAGE - (vaddr & (PAGE - 1)))
+            try:
+                out += self.memory.read(self.translate(vaddr), chunk, "instruction fetch")
+            except GuestFault:
+                if not out:
+                    raise
+                out += bytes(length)
+                break
+            vaddr, length = vaddr + chunk, length - chunk
+        return bytes(out)
+
+    def push(self, sp: int, value: int) -> int:
+        """Push one word onto the guest stack at virtual ``sp``."""
+        sp = (sp - 4) & 0xFFFFFFFF
+        self.memory.set_u32(self.translate(sp, write=True), value, "guest stack")
+        return sp
+
+    # -- virtual interrupt flag (lguest_data.irq_enabled) -------------------------
+    def guest_irqs_enabled(self) -> bool:
+        data = self.lguest_data
+        return data is not None and bool(data.get("irq_enabled") & X86_EFLAGS_IF)
+
+    def disable_guest_irqs(self) -> None:
+        if self.lguest_data is not None:
+            self.lguest_data.set("irq_enabled", 0)

@@ -1,0 +1,289 @@
+"""Python's window onto KVM: the only module that imports the C shim.
+
+Modelled on rust-vmm's kvm-ioctls: ``Kvm`` (the /dev/kvm handle), ``Vm`` (memory
+slots, vCPU creation) and ``Vcpu`` (registers, CPUID, the run loop and its
+kick). Every failing ioctl raises ``KvmError`` naming the ioctl and errno.
+Nothing here knows about lguest; launcher/machine.py builds the lguest VM
+out of these pieces.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from .errors import KvmUnavailable
+
+try:
+    from ._kvm import ffi, lib
+except ImportError as _exc:  # pragma: no cover - only without a build
+    ffi = lib = None
+    _IMPORT_ERROR: ImportError | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+KVM_PATH = "/dev/kvm"
+EXPECTED_API_VERSION = 12
+
+# Exit reasons by name, for messages.
+EXIT_NAMES = {}
+if lib is not None:
+    for _name in dir(lib):
+        if _name.startswith("KVM_EXIT_") and _name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"):
+            EXIT_NAMES[getattr(lib, _name)] = _name
+
+
+class KvmError(OSError):
+    """An ioctl failed: carries the ioctl's name and errno."""
+
+    def __init__(self, what: str, err: int) -> None:
+        super().__init__(err, f"{what} failed: {os.strerror(err)}")
+        self.what = what
+
+
+def _need_lib() -> None:
+    if lib is None:
+        raise KvmUnavailable(
+            "the launcher's KVM extension is not built "
+            f"({_IMPORT_ERROR}); reinstall with `python3 -m pip install .`")
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise KvmError(what, -ret)
+    return ret
+
+
+def _explain_open_error(path: str, err: int) -> str:
+    if err == errno.ENOENT:
+        return (f"{path} does not exist: this host has no KVM "
+                "(load kvm_intel or kvm_amd, or run inside scripts/testbed)")
+    if err in (errno.EACCES, errno.EPERM):
+        return (f"no permission to open {path}: add yourself to its group "
+                "(usually 'kvm') or run as root")
+    return f"cannot open {path}: {os.strerror(err)}"
+
+
+@dataclass
+class CpuidEntry:
+    function: int
+    index: int
+    flags: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+
+class Kvm:
+    """An open /dev/kvm."""
+
+    def __init__(self, path: str = KVM_PATH) -> None:
+        _need_lib()
+        fd = lib.shim_open(path.encode())
+        if fd < 0:
+            raise KvmUnavailable(_explain_open_error(path, -fd))
+        self.fd = fd
+        version = _check(lib.shim_ioctl_int(fd, lib.KVM_GET_API_VERSION, 0), "KVM_GET_API_VERSION")
+        if version != EXPECTED_API_VERSION:
+            os.close(fd)
+            raise KvmUnavailable(f"{path} speaks KVM API {version}, not {EXPECTED_API_VERSION}")
+        self.vcpu_mmap_size = _check(
+            lib.shim_ioctl_int(fd, lib.KVM_GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE")
+
+    def check_extension(self, cap: int) -> int:
+        return max(0, lib.shim_ioctl_int(self.fd, lib.KVM_CHECK_EXTENSION, cap))
+
+    def supported_cpuid(self) -> list[CpuidEntry]:
+        nent = 256
+        while True:
+            buf = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2")
+                          + nent * ffi.sizeof("struct kvm_cpuid_entry2"))
+            cpuid = ffi.cast("struct kvm_cpuid2 *", buf)
+            cpuid.nent = nent
+            ret = lib.shim_ioctl_ptr(self.fd, lib.KVM_GET_SUPPORTED_CPUID, cpuid)
+            if ret == -errno.E2BIG:
+                nent *= 2
+                continue
+            _check(ret, "KVM_GET_SUPPORTED_CPUID")
+            return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                    for e in (cpuid.entries[i] for i in range(cpuid.nent))]
+
+    def create_vm(self) -> "Vm":
+        fd = _check(lib.shim_ioctl_int(self.fd, lib.KVM_CREATE_VM, 0), "KVM_CREATE_VM")
+        return Vm(self, fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class GuestRegion:
+    """Host memory backing one KVM memory slot: an anonymous shared mmap."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.map = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.view = memoryview(self.map)
+        self.address = int(ffi.cast("uintptr_t", ffi.from_buffer(self.map)))
+
+
+class Vm:
+    """A KVM virtual machine: memory slots and vCPUs."""
+
+    def __init__(self, kvm: Kvm, fd: int) -> None:
+        self.kvm, self.fd = kvm, fd
+        self.regions: dict[int, GuestRegion] = {}
+
+    def set_memory_region(self, slot: int, gpa: int, region: GuestRegion,
+                          readonly: bool = False) -> None:
+        r = ffi.new("struct kvm_userspace_memory_region *")
+        r.slot, r.guest_phys_addr = slot, gpa
+        r.memory_size, r.userspace_addr = region.size, region.address
+        r.flags = lib.KVM_MEM_READONLY if readonly else 0
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, r),
+               "KVM_SET_USER_MEMORY_REGION")
+        self.regions[slot] = region
+
+    def create_vcpu(self, index: int, kick_vector: int) -> "Vcpu":
+        fd = _check(lib.shim_ioctl_int(self.fd, lib.KVM_CREATE_VCPU, index), "KVM_CREATE_VCPU")
+        return Vcpu(self, fd, kick_vector)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Vcpu:
+    """One vCPU with its kvm_run page, run loop and kick."""
+
+    def __init__(self, vm: Vm, fd: int, kick_vector: int) -> None:
+        self.vm, self.fd = vm, fd
+        self.shim = ffi.new("struct shim_vcpu *")
+        _check(lib.shim_vcpu_init(self.shim, fd, vm.kvm.vcpu_mmap_size, kick_vector),
+               "mmap of kvm_run")
+        self.run_page = self.shim.run
+        self.io = lib.shim_run_io(self.run_page)
+        self.mmio = lib.shim_run_mmio(self.run_page)
+        self.kick_vector = kick_vector
+
+    # -- the hot path ---------------------------------------------------
+    def run(self) -> int:
+        """Run until an exit Python must see; returns the KVM exit reason
+        (or SHIM_RUN_SIGNAL when a signal for Python interrupted KVM_RUN)."""
+        ret = lib.shim_vcpu_run(self.shim)
+        if ret < 0 and ret != lib.SHIM_RUN_SIGNAL:
+            raise KvmError("KVM_RUN", -ret)
+        return ret
+
+    def kick(self) -> None:
+        """From any thread: make the guest take the kick vector at its next
+        instruction boundary (or at once if it is not running)."""
+        lib.shim_vcpu_kick(self.shim)
+
+    def clear_kick(self) -> None:
+        lib.shim_vcpu_clear_kick(self.shim)
+
+    # -- setup ------------------------------------------------------------
+    def get_regs(self):
+        regs = ffi.new("struct kvm_regs *")
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_GET_REGS, regs), "KVM_GET_REGS")
+        return regs
+
+    def set_regs(self, regs) -> None:
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_REGS, regs), "KVM_SET_REGS")
+
+    def get_sregs(self):
+        sregs = ffi.new("struct kvm_sregs *")
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_GET_SREGS, sregs), "KVM_GET_SREGS")
+        return sregs
+
+    def set_sregs(self, sregs) -> None:
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_SREGS, sregs), "KVM_SET_SREGS")
+
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        entries = list(entries)
+        buf = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2")
+                      + len(entries) * ffi.sizeof("struct kvm_cpuid_entry2"))
+        cpuid = ffi.cast("struct kvm_cpuid2 *", buf)
+        cpuid.nent = len(entries)
+        for i, e in enumerate(entries):
+            c = cpuid.entries[i]
+            c.function, c.index, c.flags = e.function, e.index, e.flags
+            c.eax, c.ebx, c.ecx, c.edx = e.eax, e.ebx, e.ecx, e.edx
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, cpuid), "KVM_SET_CPUID2")
+
+    def tsc_khz(self) -> int:
+        return max(0, lib.shim_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0))
+
+    def interrupt(self, vector: int) -> None:
+        irq = ffi.new("struct kvm_interrupt *")
+        irq.irq = vector
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_INTERRUPT, irq), "KVM_INTERRUPT")
+
+    @property
+    def counters(self) -> dict[str, int]:
+        s = self.shim
+        return {"kicks_injected": s.kicks_injected, "window_exits": s.window_exits,
+                "eintr_exits": s.eintr_exits}
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            lib.shim_vcpu_fini(self.shim)
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class KvmProbe:
+    usable: bool
+    reason: str
+
+
+CR0_PE, CR0_PG = 0x1, 0x80000000
+
+
+def probe(path: str = KVM_PATH) -> KvmProbe:
+    """Can this host's KVM run a 32-bit paged guest?
+
+    Some software KVMs (PVM, for nested clouds) accept a VM but silently drop
+    CR0.PG. Setting PG through KVM_SET_SREGS and reading it back tells, without
+    running any guest code.
+    """
+    try:
+        kvm = Kvm(path)
+    except KvmUnavailable as exc:
+        return KvmProbe(False, str(exc))
+    try:
+        vm = kvm.create_vm()
+        try:
+            # A page of memory for a (never used) page directory at 0.
+            region = GuestRegion(0x10000)
+            vm.set_memory_region(0, 0, region)
+            vcpu = vm.create_vcpu(0, 0x20)
+            try:
+                sregs = vcpu.get_sregs()
+                sregs.cr0 |= CR0_PE | CR0_PG
+                sregs.cr3 = 0
+                sregs.cs.db = 1
+                sregs.cs.l = 0
+                sregs.efer = 0
+                vcpu.set_sregs(sregs)
+                back = vcpu.get_sregs()
+                if not back.cr0 & CR0_PG:
+                    return KvmProbe(False, (
+                        f"{path} cannot run 32-bit paged guests (it dropped CR0.PG: "
+                        "a software KVM such as PVM)"))
+                return KvmProbe(True, f"{path} can run 32-bit paged guests")
+            finally:
+                vcpu.close()
+        finally:
+            vm.close()
+    except KvmError as exc:
+        return KvmProbe(False, f"{path} failed the paging probe: {exc}")
+    finally:
+        kvm.close()

@@ -1,0 +1,268 @@
+"""Building the VM an lguest guest runs in (design.md, "The VM the Host builds").
+
+One VM, one vCPU, 32-bit protected mode with paging:
+
+- slot 0: guest RAM at guest-physical 0 (plus the device pages above it);
+- slot 1: the read-only part of the Switcher region at 0xFFC00000 (code,
+  GDT, IDT, TSS) — the guest can map those pages but never rewrite them;
+- slot 2: the writable part (register page, the Host's page tables).
+
+The vCPU starts at ring 0 at the Switcher's resume path with esp on the
+register page, so the very first KVM_RUN "returns" into the guest exactly as
+every later resume does: pop the frame, iret to ring 1.
+
+Next: launcher/host/core.py runs the exit loop on this machine.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from . import descriptors as D
+from .kvm import CpuidEntry, GuestRegion, Kvm, Vcpu, Vm
+from .memory import GuestMemory
+from .switcher import (CS, DS, EFLAGS, EIP, ES, ESI, ESP, FS, GS, NREGS, PAGE, SS,
+                       RequestArea, SwitcherImage, load_image)
+
+# GDT slots and selectors (lguest-abi.md §2.1).
+GDT_ENTRIES = 32
+LGUEST_CS_ENTRY, LGUEST_DS_ENTRY = 10, 11
+GUEST_CS_ENTRY, GUEST_DS_ENTRY = 12, 13
+GDT_ENTRY_TSS, GDT_ENTRY_DOUBLEFAULT_TSS = 16, 31
+GUEST_CS, GUEST_DS = 0x61, 0x69          # entries 12/13 with RPL 1
+TSS_SELECTOR = GDT_ENTRY_TSS * 8
+TSS_LIMIT = 0x67
+IDT_ENTRIES = 256
+
+LGUEST_TRAP_ENTRY = 0x1F                 # the hypercall vector
+KICK_VECTOR = 0x20                       # what a kick injects (never a guest gate)
+X86_EFLAGS_IF = 0x200
+ERRCODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
+
+# Control registers are the Host's (design.md): the guest cannot write them.
+CR0_PE, CR0_MP, CR0_TS, CR0_ET, CR0_NE = 0x1, 0x2, 0x8, 0x10, 0x20
+CR0_WP, CR0_AM, CR0_PG = 0x10000, 0x40000, 0x80000000
+CR0_GUEST = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
+CR4_PSE, CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 0x10, 0x20, 0x200, 0x400
+CR4_LINEAR = CR4_PSE | CR4_OSFXSR | CR4_OSXMMEXCPT
+
+# Page-table entry bits.
+PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
+
+# CPUID bits hidden from a paravirt guest (lguest-abi.md §12.9).
+CPUID1_ECX_HIDE = (1 << 21) | (1 << 26) | (1 << 27) | (1 << 31)   # x2APIC XSAVE OSXSAVE HYPERVISOR
+CPUID1_EDX_HIDE = 1 << 11                                         # SEP: no sysenter
+
+
+@dataclass
+class Layout:
+    """Where things are in guest-physical memory."""
+    ram_size: int        # what the guest's e820 says
+    slot0_size: int      # RAM plus device pages (the G1/G2 pfn_limit)
+
+    @property
+    def pfn_limit(self) -> int:
+        return self.slot0_size // PAGE
+
+
+def filter_cpuid(entries: list[CpuidEntry]) -> list[CpuidEntry]:
+    """No hypervisor leaves (a guest must not mistake us for KVM), no x2APIC,
+    no sysenter, no XSAVE (CR4.OSXSAVE stays off)."""
+    out = []
+    for e in entries:
+        if 0x40000000 <= e.function <= 0x4FFFFFFF:
+            continue
+        if e.function == 1:
+            e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx,
+                           e.ecx & ~CPUID1_ECX_HIDE, e.edx & ~CPUID1_EDX_HIDE)
+        out.append(e)
+    return out
+
+
+def cpu_vendor(entries: list[CpuidEntry]) -> str:
+    for e in entries:
+        if e.function == 0:
+            return struct.pack("<III", e.ebx, e.edx, e.ecx).decode("ascii", "replace")
+    return ""
+
+
+class Machine:
+    """The VM, its memory and its single vCPU, ready to run an lguest guest."""
+
+    def __init__(self, ram_size: int, *, device_pages: int = 0, kvm_path: str = "/dev/kvm",
+                 kvm: Kvm | None = None) -> None:
+        if ram_size % PAGE or ram_size <= 0:
+            raise ValueError("RAM size must be a positive multiple of 4096")
+        self.image: SwitcherImage = load_image()
+        self.layout = Layout(ram_size, ram_size + device_pages * PAGE)
+        if self.layout.slot0_size > self.image.SW_BASE:
+            raise ValueError("guest memory would overlap the Switcher region")
+        self.kvm = kvm or Kvm(kvm_path)
+        self.vm: Vm = self.kvm.create_vm()
+        self._setup_memory()
+        self._setup_switcher_region()
+        self.vcpu: Vcpu = self.vm.create_vcpu(0, KICK_VECTOR)
+        cpuid = filter_cpuid(self.kvm.supported_cpuid())
+        self.vendor = cpu_vendor(cpuid)
+        self.vcpu.set_cpuid(cpuid)
+        self.tsc_khz = self.vcpu.tsc_khz()
+        self._setup_vcpu()
+
+    # -- memory ------------------------------------------------------------
+    def _setup_memory(self) -> None:
+        img = self.image
+        self.ram = GuestRegion(self.layout.slot0_size)
+        self.memory = GuestMemory(self.ram.map)
+        self.sw_ro = GuestRegion(img.SW_RO_END - img.SW_BASE)
+        self.sw_rw = GuestRegion(img.SW_RW_END - img.SW_RO_END)
+        self.vm.set_memory_region(0, 0, self.ram)
+        self.vm.set_memory_region(1, img.SW_BASE, self.sw_ro, readonly=True)
+        self.vm.set_memory_region(2, img.SW_RO_END, self.sw_rw)
+
+    def _ro_view(self, addr: int, size: int) -> memoryview:
+        off = addr - self.image.SW_BASE
+        return self.sw_ro.view[off:off + size]
+
+    def _rw_view(self, addr: int, size: int) -> memoryview:
+        off = addr - self.image.SW_RO_END
+        return self.sw_rw.view[off:off + size]
+
+    # -- the Switcher region -------------------------------------------------
+    def _setup_switcher_region(self) -> None:
+        img = self.image
+        self._ro_view(img.SW_BASE, len(img.code))[:] = img.code
+        # Typed views the Host keeps using while the guest runs.
+        self.gdt = self._ro_view(img.SW_GDT, GDT_ENTRIES * 8).cast("Q")
+        self.idt = self._ro_view(img.SW_IDT, IDT_ENTRIES * 8).cast("Q")
+        self.tss = self._ro_view(img.SW_TSS, PAGE).cast("I")
+        self.regpage = self._rw_view(img.SW_REGPAGE, PAGE).cast("I")
+        first = (img.SW_REGS - img.SW_REGPAGE) // 4
+        self.regs = self.regpage[first:first + NREGS]
+        self.requests = RequestArea(img, self.regpage)
+        self._setup_gdt()
+        self._setup_tss()
+        self._setup_idt()
+        self._setup_page_tables()
+
+    def _setup_gdt(self) -> None:
+        # Every descriptor has its accessed bit preset: the GDT is read-only
+        # to the CPU (a KVM_MEM_READONLY slot) and it must never need to write.
+        flat = 0xFFFFF
+        g = self.gdt
+        g[LGUEST_CS_ENTRY] = D.segment(0, flat, 0xB, 0)
+        g[LGUEST_DS_ENTRY] = D.segment(0, flat, 0x3, 0)
+        g[GUEST_CS_ENTRY] = D.segment(0, flat, 0xB, 1)
+        g[GUEST_DS_ENTRY] = D.segment(0, flat, 0x3, 1)
+        g[GDT_ENTRY_TSS] = D.segment(self.image.SW_TSS, TSS_LIMIT, 0x9, 0, system=True,
+                                     db=False, granular=False)
+
+    def _setup_tss(self) -> None:
+        img = self.image
+        t = self.tss
+        t[1] = img.SW_REGPAGE + PAGE          # esp0: top of the register page
+        t[2] = LGUEST_DS_ENTRY * 8            # ss0
+        t[25] = (TSS_LIMIT + 1) << 16         # I/O bitmap past the limit: no ports
+
+    def set_guest_stack(self, ss1: int, esp1: int) -> None:
+        """The ring-1 stack a trap from ring 3 switches to (SET_STACK)."""
+        self.tss[3] = esp1
+        self.tss[4] = ss1
+
+    def _setup_idt(self) -> None:
+        for vector in range(IDT_ENTRIES):
+            self.idt[vector] = self.host_gate(vector, 0)
+        # The hypercall gate: reachable from ring 1 only (lguest-abi.md §3.1).
+        self.idt[LGUEST_TRAP_ENTRY] = self.host_gate(LGUEST_TRAP_ENTRY, 1)
+
+    def host_gate(self, vector: int, dpl: int) -> int:
+        """A gate into the Switcher's stub for ``vector``. Stubs of vectors
+        with a CPU error code must never be reached by a software `int`
+        (the frame would be a word short), so their DPL is always 0."""
+        if vector in ERRCODE_VECTORS:
+            dpl = 0
+        return D.gate(self.image.entry(vector), LGUEST_CS_ENTRY * 8, D.GATE_INTERRUPT, dpl)
+
+    def _setup_page_tables(self) -> None:
+        img = self.image
+        # The Switcher's own page table maps the region virtual == physical.
+        # Read-only pages are mapped without RW as well: CR0.WP makes ring 0
+        # honour that, so even the Switcher cannot scribble on its code.
+        npages = (img.SW_RW_END - img.SW_BASE) // PAGE
+        pt = self._rw_view(img.SW_PT, PAGE).cast("I")
+        pae_pt = self._rw_view(img.SW_PAE_PT, PAGE).cast("Q")
+        for i in range(npages):
+            addr = img.SW_BASE + i * PAGE
+            flags = PTE_P | PTE_A | (PTE_RW | PTE_D if addr >= img.SW_RO_END else 0)
+            pt[i] = addr | flags
+            pae_pt[i] = addr | flags
+        # "Linear mode" (lguest-abi.md §1.5): until the first NEW_PGTABLE the
+        # guest sees RAM at virtual == physical, supervisor-only, through
+        # 4 MiB pages, plus the Switcher in the top slot.
+        pd = self._rw_view(img.SW_LINEAR_PD, PAGE).cast("I")
+        big = 1 << 22
+        for i in range((self.layout.slot0_size + big - 1) // big):
+            pd[i] = (i * big) | PTE_P | PTE_RW | PTE_A | PTE_D | PTE_PS
+        pd[1023] = self.switcher_pde()
+
+    def switcher_pde(self) -> int:
+        """The non-PAE top-level entry that maps the Switcher (slot 1023)."""
+        return self.image.SW_PT | PTE_P | PTE_RW | PTE_A
+
+    def switcher_pae_pmd(self) -> int:
+        """The PAE middle-level entry that maps the Switcher. 0xFFC00000 is in
+        PDPT slot 3, PMD slot 510 (slot 511 would be 0xFFE00000)."""
+        return self.image.SW_PAE_PT | PTE_P | PTE_RW | PTE_A
+
+    # -- the vCPU ------------------------------------------------------------
+    def _setup_vcpu(self) -> None:
+        img = self.image
+        s = self.vcpu.get_sregs()
+        _flat(s.cs, LGUEST_CS_ENTRY * 8, 0xB)
+        for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+            _flat(seg, LGUEST_DS_ENTRY * 8, 0x3)
+        # TR is loaded here, never with `ltr`, which would write the busy bit
+        # into the read-only GDT. QEMU's SVM model wants an available TSS type
+        # (9); Intel VMX insists on busy (11).
+        tr = s.tr
+        tr.base, tr.limit, tr.selector = img.SW_TSS, TSS_LIMIT, TSS_SELECTOR
+        tr.type = 0xB if "Intel" in self.vendor else 0x9
+        tr.present, tr.dpl, tr.db, tr.s, tr.l, tr.g, tr.avl, tr.unusable = 1, 0, 0, 0, 0, 0, 0, 0
+        ldt = s.ldt
+        ldt.selector, ldt.base, ldt.limit, ldt.type = 0, 0, 0, 2
+        ldt.present, ldt.unusable, ldt.s = 0, 1, 0
+        s.gdt.base, s.gdt.limit = img.SW_GDT, GDT_ENTRIES * 8 - 1
+        s.idt.base, s.idt.limit = img.SW_IDT, IDT_ENTRIES * 8 - 1
+        s.cr0 = CR0_GUEST
+        s.cr3 = img.SW_LINEAR_PD
+        s.cr4 = CR4_LINEAR
+        s.efer = 0
+        self.vcpu.set_sregs(s)
+        r = self.vcpu.get_regs()
+        r.rip = img.switcher_resume
+        r.rsp = img.SW_REGS
+        r.rflags = 0x2
+        self.vcpu.set_regs(r)
+
+    def set_start(self, entry: int, **regs: int) -> None:
+        """The guest's initial state (lguest-abi.md §1.4), then any overrides
+        (by register name) a test or loader wants."""
+        from .switcher import REG_NAMES
+        r = self.regs
+        for i in range(NREGS):
+            r[i] = 0
+        r[EIP], r[CS], r[EFLAGS] = entry, GUEST_CS, 0x202
+        r[DS] = r[ES] = r[SS] = GUEST_DS
+        r[FS] = r[GS] = r[ESI] = r[ESP] = 0
+        for name, value in regs.items():
+            r[REG_NAMES.index(name)] = value & 0xFFFFFFFF
+
+    def close(self) -> None:
+        self.vcpu.close()
+        self.vm.close()
+        self.kvm.close()
+
+
+def _flat(seg, selector: int, type_: int) -> None:
+    seg.base, seg.limit, seg.selector, seg.type = 0, 0xFFFFFFFF, selector, type_
+    seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g, seg.avl, seg.unusable = \
+        1, 0, 1, 1, 0, 1, 0, 0
