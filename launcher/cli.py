@@ -1,0 +1,144 @@
+"""The ``launcher`` command.
+
+    launcher [options] [KERNEL] [-- GUEST ARGS...]
+
+With no KERNEL it boots the bundled guest. Exit status: 0 the guest powered
+off; 1 it crashed, panicked or was killed (the reason on stderr); 2 a usage
+or input error; 3 it asked to reboot and --no-reboot was given.
+
+On a host whose KVM cannot run 32-bit paged guests (design.md, "Where it
+runs") the command says so and re-runs itself inside the testbed VM.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from .errors import UserError
+
+EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART = 0, 1, 2, 3
+MAX_MEM = 3 << 30            # a 32-bit guest's RAM must end below its 4 GiB
+MIN_MEM = 4 << 20
+
+_SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'64M', '1G', '512K', or a bare number of MiB, in bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UserError(f"cannot understand the size {text!r} (try 64M, 1G or 512K)")
+    number, unit = int(m.group(1)), m.group(2).upper()
+    return number << {"": 20, "K": 10, "M": 20, "G": 30}[unit]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="launcher",
+        description="Run an lguest paravirtual i386 guest on KVM.",
+        epilog="With no KERNEL the bundled guest boots. lguest's own form "
+               "`launcher 64 vmlinux args...` (memory in MiB first) works too. "
+               "KERNEL is a vmlinux-style i386 ELF image.")
+    p.add_argument("kernel", nargs="?", metavar="KERNEL", help="guest kernel image")
+    p.add_argument("guest_args", nargs="*", metavar="GUEST ARGS",
+                   help="the guest's command line")
+    p.add_argument("--mem", "-m", default="64M", metavar="SIZE",
+                   help="guest RAM: 64M, 1G, 512K or MiB (default 64M)")
+    p.add_argument("--no-reboot", action="store_true",
+                   help="exit with status 3 when the guest reboots, instead of restarting it")
+    p.add_argument("--stats", action="store_true", help="print exit counts when the guest ends")
+    p.add_argument("--no-testbed", action="store_true",
+                   help="where this host's KVM cannot run lguest guests, stop instead of "
+                        "re-running inside the testbed VM")
+    p.add_argument("--verbose", "-v", action="store_true", help="say what the launcher does")
+    return p
+
+
+def normalise_legacy(args: argparse.Namespace) -> None:
+    """lguest's `launcher 64 vmlinux ...`: a bare first number is the memory."""
+    if args.kernel and args.kernel.isdigit() and args.guest_args:
+        args.mem = args.kernel
+        args.kernel = args.guest_args.pop(0)
+
+
+def say(msg: str) -> None:
+    print(f"launcher: {msg}", file=sys.stderr, flush=True)
+
+
+def kvm_ready(args: argparse.Namespace, module: str = "launcher") -> int | None:
+    """None when this host's KVM can run our guests; otherwise the exit
+    status of re-running inside the testbed (or of refusing to)."""
+    from .kvm import probe
+    result = probe()
+    if result.usable:
+        return None
+    if os.environ.get("LGUEST_IN_TESTBED") or args.no_testbed:
+        say(result.reason)
+        return EXIT_USAGE
+    from . import testbed
+    missing = testbed.available()
+    if missing:
+        say(f"{result.reason}, and the testbed cannot start: {missing}")
+        return EXIT_USAGE
+    say(f"{result.reason}; running inside the testbed VM instead (slow but real KVM)")
+    return testbed.run([sys.executable, "-m", module, *sys.argv[1:]], cwd=os.getcwd())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    normalise_legacy(args)
+    try:
+        mem = parse_size(args.mem)
+        if not MIN_MEM <= mem <= MAX_MEM:
+            raise UserError(f"--mem {args.mem} is out of range "
+                            f"({MIN_MEM >> 20}M to {MAX_MEM >> 30}G)")
+        if mem % 4096:
+            raise UserError(f"--mem {args.mem} is not a whole number of 4 KiB pages")
+        from .run import BUNDLED_GUEST, GuestConfig, boot_once
+        kernel = args.kernel or BUNDLED_GUEST
+        if not os.path.isfile(kernel):
+            raise UserError(f"{kernel}: no such file")
+        status = kvm_ready(args)
+        if status is not None:
+            return status
+        config = GuestConfig(kernel=kernel, mem=mem, reboot=not args.no_reboot)
+        while True:
+            outcome, host = boot_once(config)
+            if args.stats:
+                print_stats(host)
+            if outcome.kind != "restart" or not config.reboot:
+                break
+            if args.verbose:
+                say(f"guest rebooting: {outcome.message}")
+    except UserError as exc:
+        say(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        say("interrupted")
+        return EXIT_CRASH
+    if outcome.kind == "poweroff":
+        if args.verbose:
+            say("guest powered off")
+        return EXIT_POWEROFF
+    if outcome.kind == "restart":
+        say(f"guest asked to reboot ({outcome.message})")
+        return EXIT_RESTART
+    say(f"guest {'crashed' if outcome.kind == 'crash' else 'killed'}: {outcome.message}")
+    return EXIT_CRASH
+
+
+def print_stats(host) -> None:
+    from .host.hypercalls import name_of
+    from .machine import KICK_VECTOR
+    total = sum(host.trap_counts.values())
+    lines = [f"exits: {total}"]
+    for vector, count in sorted(host.trap_counts.items(), key=lambda kv: -kv[1]):
+        kind = ("hypercall" if vector == 0x1F else "kick" if vector == KICK_VECTOR
+                else f"trap {vector}")
+        lines.append(f"  {kind:<24} {count}")
+    for number, count in sorted(host.hypercall_counts.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {name_of(number):<22} {count}")
+    print("\n".join(lines), file=sys.stderr)

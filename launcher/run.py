@@ -1,0 +1,67 @@
+"""Putting a guest together and running it: the Launcher's core.
+
+``GuestConfig`` says what to boot; ``run_guest`` builds the Machine, loads
+the image, wires the Host to the Launcher's side (the early console for now;
+devices arrive with the lguest bus) and runs until the guest ends, rebooting
+in place when the guest asks and the config allows.
+
+This is also the Python API for CI scripts:
+
+    from launcher.run import GuestConfig, run_guest
+    outcome = run_guest(GuestConfig(kernel="vmlinux", mem=64 << 20))
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .host import Host, Outcome
+from .loader import load_elf
+from .machine import Machine
+from .switcher import DATA_DIR
+
+BUNDLED_GUEST = os.path.join(DATA_DIR, "hello.elf")
+EARLY_CONSOLE_MAX = 256      # bytes read per early-console NOTIFY
+
+
+@dataclass
+class GuestConfig:
+    kernel: str = BUNDLED_GUEST
+    mem: int = 64 << 20
+    reboot: bool = True              # a guest reboot restarts it in place
+    console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+
+
+class EarlyConsole:
+    """NOTIFY values that name no device are strings for the console."""
+
+    def __init__(self, host: Host, out: BinaryIO) -> None:
+        self.host, self.out = host, out
+
+    def __call__(self, gpa: int) -> None:
+        memory = self.host.memory
+        limit = min(EARLY_CONSOLE_MAX, memory.size - gpa) if gpa < memory.size else 1
+        text = memory.cstring(gpa, limit, "early console string")
+        self.out.write(text)
+        self.out.flush()
+
+
+def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
+    machine = Machine(config.mem)
+    try:
+        image = load_elf(machine.memory, config.kernel)
+        machine.set_start(image.entry)
+        host = Host(machine)
+        host.on_notify = EarlyConsole(host, config.console)
+        return host.run(), host
+    finally:
+        machine.close()
+
+
+def run_guest(config: GuestConfig) -> Outcome:
+    while True:
+        outcome, _host = boot_once(config)
+        if outcome.kind != "restart" or not config.reboot:
+            return outcome
