@@ -10,52 +10,9 @@ import time
 
 import pytest
 
-from kvm_support import build_test_guest, require_kvm
+from kvm_support import TEST_CORRUPT, TEST_ECHO, Harness, guest_elf, require_kvm  # noqa: F401
 
 pytestmark = pytest.mark.kvm
-
-TEST_ECHO, TEST_DONE, TEST_FAIL, TEST_CORRUPT = 100, 101, 102, 103
-
-
-@pytest.fixture(scope="module")
-def guest_elf(tmp_path_factory):
-    return build_test_guest(str(tmp_path_factory.mktemp("testguest")))
-
-
-class Harness:
-    """A Machine + Host running the test guest from one label."""
-
-    def __init__(self, elf: str, label: str, param: int = 0) -> None:
-        from launcher.host import Host
-        from launcher.loader import load_elf
-        from launcher.machine import Machine
-
-        self.machine = Machine(16 << 20)
-        image = load_elf(self.machine.memory, elf, want_symbols=True)
-        self.symbols = image.symbols
-        self.machine.set_start(self.symbols[label], ebp=param)
-        self.host = Host(self.machine)
-        self.done: tuple[int, int, int] | None = None
-        self.host.hypercalls[TEST_DONE] = self._done
-        self.host.hypercalls[TEST_FAIL] = self._fail
-
-    def _done(self, ebx: int, ecx: int, edx: int, esi: int) -> None:
-        self.done = (ebx, ecx, edx)
-        self.host.finish("poweroff", "test done")
-
-    def _fail(self, ebx: int, *_: int) -> None:
-        self.host.finish("crash", f"guest self-check failed near {ebx:#x}")
-
-    def run(self):
-        try:
-            return self.host.run()
-        finally:
-            self.machine.close()
-
-
-@pytest.fixture(autouse=True)
-def _kvm():
-    require_kvm()
 
 
 def test_hypercalls_round_trip_with_all_argument_registers(guest_elf):

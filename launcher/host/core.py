@@ -24,8 +24,13 @@ from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY, X86_EFLAGS_IF, Machine
 from ..switcher import (CS, EAX, EBX, ECX, EDX, EFLAGS, EIP, ERRCODE, ESI, SS, TRAPNUM,
                         PAGE)
 from . import hypercalls as H
+from .asyncring import AsyncRing
+from .interrupts import Interrupts
 from .lguest_data import G2, LguestData, LguestDataLayout
+from .notify import NotifyMap
+from .pagetables import PageTables
 from .segments import Segments
+from .timer import ClockEvent
 from .traps import Traps
 
 LGUEST_SHUTDOWN_POWEROFF, LGUEST_SHUTDOWN_RESTART = 1, 2
@@ -43,7 +48,8 @@ class Outcome:
 class Host:
     """The lguest Host for one guest on one ``Machine``."""
 
-    def __init__(self, machine: Machine, layout: LguestDataLayout = G2) -> None:
+    def __init__(self, machine: Machine, layout: LguestDataLayout = G2,
+                 pae: bool | None = None) -> None:
         self.machine = machine
         self.layout = layout
         self.lguest_data: LguestData | None = None
@@ -62,19 +68,36 @@ class Host:
         self.kernel_address = 0
         self.last_cr2 = 0
         self.ram_limit = machine.layout.slot0_size
+        self.pagetables = PageTables(self, pae)
+        self.interrupts = Interrupts(self)
+        self.async_ring = AsyncRing(self)
+        self.notify_map = NotifyMap()
+        self.clock: ClockEvent | None = None      # started by LGUEST_INIT
+        self.ts_wanted = False
+        pt = self.pagetables
         # Built once: dispatch is one dict lookup per exit.
         self.hypercalls: dict[int, H.Handler] = {
             H.LHCALL_LGUEST_INIT: self.hcall_init,
             H.LHCALL_SHUTDOWN: self.hcall_shutdown,
-            H.LHCALL_NOTIFY: lambda gpa, _a, _b, _c: self.on_notify(gpa),
+            H.LHCALL_NEW_PGTABLE: lambda top, _a, _b, _c: pt.new_pgtable(top),
+            H.LHCALL_FLUSH_TLB: lambda all_, _a, _b, _c: pt.flush_tlb(all_),
+            H.LHCALL_LOAD_IDT_ENTRY: lambda v, lo, hi, _: self.traps.load_idt_entry(v, lo, hi),
+            H.LHCALL_SET_STACK: lambda ss, esp, pages, _: self.set_stack(ss, esp, pages),
+            H.LHCALL_TS: lambda ts, _a, _b, _c: self.set_ts(ts),
+            H.LHCALL_SET_CLOCKEVENT: lambda delta, _a, _b, _c: self.set_clockevent(delta),
+            H.LHCALL_HALT: self.hcall_halt,
+            H.LHCALL_SET_PMD: lambda pmd, idx, _a, _b: pt.set_pmd(pmd, idx),
+            H.LHCALL_SET_PTE: pt.set_pte,
+            H.LHCALL_SET_PGD: lambda top, idx, _a, _b: pt.set_pgd(top, idx),
+            H.LHCALL_LOAD_TLS: lambda gpa, _cpu, _a, _b: self.segments.load_tls(gpa),
+            H.LHCALL_NOTIFY: lambda gpa, _a, _b, _c: self.notify(gpa),
+            H.LHCALL_LOAD_GDT_ENTRY: lambda i, lo, hi, _: self.segments.load_gdt_entry(i, lo, hi),
             H.LHCALL_FLUSH_ASYNC: self.hcall_nop,
             H.LHCALL_SEND_INTERRUPTS: self.hcall_nop,
-            H.LHCALL_LOAD_IDT_ENTRY: lambda v, lo, hi, _: self.traps.load_idt_entry(v, lo, hi),
-            H.LHCALL_LOAD_GDT_ENTRY: lambda i, lo, hi, _: self.segments.load_gdt_entry(i, lo, hi),
-            H.LHCALL_LOAD_TLS: lambda gpa, _cpu, _a, _b: self.segments.load_tls(gpa),
         }
         self.trap_handlers: dict[int, Callable[[], None]] = {
             LGUEST_TRAP_ENTRY: self.do_hypercall,
+            7: self.on_device_not_available,
             13: self.on_general_protection,
             14: self.on_page_fault,
             KICK_VECTOR: self.on_host_interrupt,
@@ -101,19 +124,33 @@ class Host:
         exit_port = self.image.SW_EXIT_PORT
         fault_port = self.image.SW_FAULT_PORT
         handle_trap = self.handle_trap
-        while self.outcome is None:
-            try:
-                self.prepare_resume()
-                reason = vcpu.run()
-                if reason == lib.KVM_EXIT_IO and io.port == exit_port:
-                    handle_trap()
-                elif reason == lib.SHIM_RUN_SIGNAL:
-                    self.exits["signal"] += 1       # Python's handlers have run
-                else:
-                    self.unusual_exit(reason, fault_port)
-            except GuestFault as fault:
-                self.kill(str(fault))
+        try:
+            while self.outcome is None:
+                try:
+                    self.prepare_resume()
+                    reason = vcpu.run()
+                    if reason == lib.KVM_EXIT_IO and io.port == exit_port:
+                        handle_trap()
+                    elif reason == lib.SHIM_RUN_SIGNAL:
+                        self.exits["signal"] += 1       # Python's handlers have run
+                    else:
+                        self.unusual_exit(reason, fault_port)
+                except GuestFault as fault:
+                    self.kill(str(fault))
+        finally:
+            self.shutdown()
         return self.outcome
+
+    def shutdown(self) -> None:
+        """Stop the Host's threads; the run is over."""
+        if self.clock is not None:
+            self.clock.stop()
+            self.clock = None
+
+    def stop(self, kind: str, message: str) -> None:
+        """From another thread: end the run at the next exit."""
+        self.finish(kind, message)
+        self.interrupts.stop()
 
     def prepare_resume(self) -> None:
         self.machine.vcpu.clear_kick()
@@ -122,7 +159,7 @@ class Host:
         self.requests.publish()
 
     def deliver_interrupts(self) -> None:
-        """Virtual interrupt delivery; the interrupts duty fills this in."""
+        self.interrupts.deliver()
 
     def validate_frame(self) -> None:
         """Never iret into anything but ring 1 or 3 with IF on and IOPL 0."""
@@ -175,12 +212,19 @@ class Host:
         r = self.regs
         number = r[EAX]
         self.hypercall_counts[number] += 1
-        if self.lguest_data is None and number != H.LHCALL_LGUEST_INIT:
-            raise GuestFault(f"{H.name_of(number)} before LGUEST_INIT")
+        if self.lguest_data is None:
+            if number != H.LHCALL_LGUEST_INIT:
+                raise GuestFault(f"{H.name_of(number)} before LGUEST_INIT")
+        else:
+            # Queued calls first: they were made before this one.
+            self.async_ring.drain()
+        self.dispatch(number, r[EBX], r[ECX], r[EDX], r[ESI])
+
+    def dispatch(self, number: int, a1: int, a2: int, a3: int, a4: int) -> None:
         handler = self.hypercalls.get(number)
         if handler is None:
             raise GuestFault(f"unknown hypercall {number}")
-        handler(r[EBX], r[ECX], r[EDX], r[ESI])
+        handler(a1, a2, a3, a4)
 
     def hcall_init(self, gpa: int, *_: int) -> None:
         """LGUEST_INIT (lguest-abi.md §3.4): learn where lguest_data lives
@@ -203,6 +247,8 @@ class Host:
         data.set("reserve_mem", 0x100000000 - self.image.SW_BASE)
         self.set_wallclock(data)
         self.lguest_data = data
+        self.clock = ClockEvent(self)
+        self.interrupts.on_held_back = self.clock.wake
 
     def set_wallclock(self, data: LguestData) -> None:
         import time as _time
@@ -221,6 +267,39 @@ class Host:
         else:
             self.finish("crash", message)
 
+    def notify(self, value: int) -> None:
+        """NOTIFY: an address with a registered eventfd wakes its device
+        thread and the guest goes straight on; any other goes to the
+        Launcher (early console, device status)."""
+        if not self.notify_map.signal(value):
+            self.on_notify(value)
+
+    def set_stack(self, ss: int, esp: int, pages: int) -> None:
+        """SET_STACK: the ring-1 stack for traps from ring 3 (the TSS's
+        ss1:esp1). Its pages must be mapped writable right now."""
+        if ss & 3 != 1:
+            raise GuestFault(f"SET_STACK: stack segment {ss:#x} is not ring 1")
+        if pages > 2:
+            raise GuestFault(f"SET_STACK: {pages} stack pages (at most 2)")
+        for i in range(pages):
+            try:
+                self.translate((esp - 1 - i * PAGE) & 0xFFFFFFFF, write=True)
+            except GuestFault as exc:
+                raise GuestFault(f"SET_STACK: bad stack page: {exc}") from None
+        self.ss1, self.esp1 = ss, esp
+        self.machine.set_guest_stack(ss, esp)
+
+    def set_ts(self, wanted: int) -> None:
+        """TS: the guest's lazy-FPU wish for CR0.TS."""
+        self.ts_wanted = bool(wanted)
+        self.requests.set_ts(self.ts_wanted)
+
+    def set_clockevent(self, delta_ns: int) -> None:
+        self.clock.set(delta_ns)
+
+    def hcall_halt(self, *_: int) -> None:
+        self.interrupts.halt()
+
     def hcall_nop(self, *_args: int) -> None:
         """FLUSH_ASYNC and SEND_INTERRUPTS: their work is the side effects
         every hypercall and every resume already have."""
@@ -231,8 +310,20 @@ class Host:
         delivery point in prepare_resume."""
 
     def on_page_fault(self) -> None:
+        """Hardware already walked the guest's tables: the fault is the
+        guest's. Tell it the address and pass the fault on."""
         self.last_cr2 = self.requests.cr2
+        if self.lguest_data is not None:
+            self.lguest_data.set("cr2", self.last_cr2)
         self.traps.reflect(14)
+
+    def on_device_not_available(self) -> None:
+        """#NM: if the guest did not ask for TS, the Host set it for no one:
+        clear it and go on. Otherwise the guest's lazy-FPU handler runs."""
+        if not self.ts_wanted:
+            self.requests.set_ts(False)
+            return
+        self.traps.reflect(7)
 
     def on_general_protection(self) -> None:
         if self.regs[ERRCODE] == 0 and self.emulate_io():
@@ -274,11 +365,8 @@ class Host:
 
     # -- guest memory through guest addresses -----------------------------------
     def translate(self, vaddr: int, write: bool = False) -> int:
-        """Guest virtual -> guest physical. Linear mode: identity below the
-        RAM limit. (The page-table duty replaces this after NEW_PGTABLE.)"""
-        if vaddr >= self.ram_limit:
-            raise GuestFault(f"guest address {vaddr:#x} is not mapped")
-        return vaddr
+        """Guest virtual -> guest physical, through the guest's page tables."""
+        return self.pagetables.translate(vaddr, write)
 
     def read_guest_code(self, vaddr: int, length: int) -> bytes:
         """Bytes at a guest virtual address; a second page that is not mapped

@@ -190,3 +190,247 @@ lguest_data:
         .balign 4096
         .space 8192
 stack_top:
+
+/* ------------------------------------------------------------------------
+ * The Host's duties (the lguest Host issue): page tables, time, interrupts,
+ * the async ring. Each scenario reports through TEST_DONE or TEST_FAIL.
+ * ------------------------------------------------------------------------ */
+        .set LHCALL_NEW_PGTABLE, 4
+        .set LHCALL_SET_CLOCKEVENT, 9
+        .set LHCALL_HALT, 10
+        .set LHCALL_SET_PTE, 14
+        .set LHCALL_SET_PGD, 15
+        .set LHCALL_FLUSH_TLB, 5
+        .set LD_IRQ_ENABLED, 0
+        .set LD_BLOCKED, 4
+        .set LD_CR2, 8
+        .set LD_IRQ_PENDING, 20
+        .set LD_HCALL_STATUS, 24
+        .set LD_HCALLS, 88
+        .set LD_NOIRQ_START, 1376
+        .set LD_NOIRQ_END, 1380
+        .set TEST_VADDR, 0x40000000
+        .set PAGE_X, 0x200000           /* two pages the test maps at TEST_VADDR */
+        .set PAGE_Y, 0x201000
+
+        .text
+/* Non-PAE tables: identity-map the first 4 MiB, and TEST_VADDR -> PAGE_X. */
+        .globl paging, remap_done
+paging:
+        START
+        movl $0x11111111, PAGE_X
+        movl $0x22222222, PAGE_Y
+        /* pt0: identity for 0-4 MiB, P|RW */
+        movl $pt0, %edi
+        xorl %eax, %eax
+1:      movl %eax, %edx
+        shll $12, %edx
+        orl $0x3, %edx
+        movl %edx, (%edi,%eax,4)
+        incl %eax
+        cmpl $1024, %eax
+        jne 1b
+        movl $pt0, %eax
+        orl $0x3, %eax
+        movl %eax, pgdir
+        movl $(PAGE_X | 0x3), pt1
+        movl $pt1, %eax
+        orl $0x3, %eax
+        movl %eax, pgdir + 4 * (TEST_VADDR >> 22)
+        movl $LHCALL_NEW_PGTABLE, %eax
+        movl $pgdir, %ebx
+        int $0x1f
+        /* Through the new tables (and into the TLB). */
+        cmpl $0x11111111, TEST_VADDR
+        jne fail
+        /* Remap to PAGE_Y and tell the Host: the stale entry must go. */
+        movl $(PAGE_Y | 0x3), pt1
+        movl $LHCALL_SET_PTE, %eax
+        movl $pgdir, %ebx
+        movl $TEST_VADDR, %ecx
+        movl $(PAGE_Y | 0x3), %edx
+        xorl %esi, %esi
+        int $0x1f
+        cmpl $0x22222222, TEST_VADDR
+        jne fail
+remap_done:
+        /* A trap with the new tables: the Host must walk them to push. */
+        movl $LHCALL_LOAD_IDT_ENTRY, %eax
+        movl $6, %ebx
+        movl $ud_handler, %ecx
+        andl $0xffff, %ecx
+        orl $0x00610000, %ecx
+        movl $ud_handler, %edx
+        andl $0xffff0000, %edx
+        orl $0x8e00, %edx
+        int $0x1f
+        ud2
+        jmp fail
+
+/* PAE tables: PDPT[0] -> pmd0 (0-1 GiB), PDPT[1] -> pmd1 (TEST_VADDR),
+   PDPT[3] -> pmd3 (where the Host puts the Switcher, slot 510). */
+        .globl paging_pae
+paging_pae:
+        START
+        movl $0x33333333, PAGE_X
+        movl $0x44444444, PAGE_Y
+        movl $pt0, %edi                 /* 512 8-byte PTEs: 0-2 MiB */
+        xorl %eax, %eax
+1:      movl %eax, %edx
+        shll $12, %edx
+        orl $0x3, %edx
+        movl %edx, (%edi,%eax,8)
+        movl $0, 4(%edi,%eax,8)
+        incl %eax
+        cmpl $512, %eax
+        jne 1b
+        movl $pt0, %eax
+        orl $0x3, %eax
+        movl %eax, pmd0
+        movl $(PAGE_X | 0x3), pt1
+        movl $pt1, %eax
+        orl $0x3, %eax
+        movl %eax, pmd1
+        movl $pmd0, %eax
+        orl $1, %eax
+        movl %eax, pdpt
+        movl $pmd1, %eax
+        orl $1, %eax
+        movl %eax, pdpt + 8
+        movl $pmd3, %eax
+        orl $1, %eax
+        movl %eax, pdpt + 24
+        movl $LHCALL_NEW_PGTABLE, %eax
+        movl $pdpt, %ebx
+        int $0x1f
+        cmpl $0x33333333, TEST_VADDR
+        jne fail
+        movl $(PAGE_Y | 0x3), pt1
+        movl $LHCALL_SET_PTE, %eax
+        movl $pdpt, %ebx
+        movl $TEST_VADDR, %ecx
+        movl $(PAGE_Y | 0x3), %edx
+        xorl %esi, %esi
+        int $0x1f
+        cmpl $0x44444444, TEST_VADDR
+        jne fail
+        movl $TEST_DONE, %eax
+        movl TEST_VADDR, %ebx
+        int $0x1f
+        jmp fail
+
+/* The timer: interrupts on, a clock event, HALT until it fires; n times. */
+        .globl timer_halt
+timer_halt:
+        START
+        call install_timer
+        xorl %edi, %edi
+1:      movl $0x200, lguest_data + LD_IRQ_ENABLED
+        movl $LHCALL_SET_CLOCKEVENT, %eax
+        movl $5000000, %ebx             /* 5 ms */
+        int $0x1f
+        movl $LHCALL_HALT, %eax
+        int $0x1f
+        incl %edi
+        cmpl %edi, ticks
+        jne fail
+        cmpl %ebp, %edi
+        jne 1b
+        movl $TEST_DONE, %eax
+        movl ticks, %ebx
+        int $0x1f
+        jmp fail
+
+/* An IRQ held back by irq_enabled == 0, then interrupts re-enabled by a
+   plain store, as Linux's irq_enable does: only the Host's periodic kick
+   can deliver it now. */
+        .globl held_back
+held_back:
+        START
+        call install_timer
+        movl $0, lguest_data + LD_IRQ_ENABLED
+        movl $LHCALL_SET_CLOCKEVENT, %eax
+        movl $1000000, %ebx             /* 1 ms */
+        int $0x1f
+1:      cmpl $0x200, lguest_data + LD_IRQ_PENDING
+        jne 1b                          /* spins until the Host has held it back */
+        movl $0x200, lguest_data + LD_IRQ_ENABLED
+2:      cmpl $0, ticks
+        je 2b
+        movl $TEST_DONE, %eax
+        movl ticks, %ebx
+        movl lguest_data + LD_IRQ_PENDING, %ecx
+        int $0x1f
+        jmp fail
+
+install_timer:
+        movl $LHCALL_LOAD_IDT_ENTRY, %eax
+        movl $32, %ebx
+        movl $timer_handler, %ecx
+        andl $0xffff, %ecx
+        orl $0x00610000, %ecx
+        movl $timer_handler, %edx
+        andl $0xffff0000, %edx
+        orl $0x8e00, %edx
+        int $0x1f
+        movl $noirq_start, lguest_data + LD_NOIRQ_START
+        movl $noirq_end, lguest_data + LD_NOIRQ_END
+        movl $0, lguest_data + LD_BLOCKED
+        ret
+
+/* Like Linux's lguest_iret: restore the virtual IF from the stacked eflags,
+   then iret; an interrupt between the two would nest, hence the window. */
+timer_handler:
+        incl ticks
+        pushl %eax
+        movl 12(%esp), %eax
+        andl $0x200, %eax
+noirq_start:
+        movl %eax, lguest_data + LD_IRQ_ENABLED
+        popl %eax
+        iret
+noirq_end:
+
+/* Queue LOAD_IDT_ENTRY(3, trap gate DPL 3) in the async ring, flush, and
+   take int3 straight to the handler. */
+        .globl async_ring
+async_ring:
+        START
+        movl $lguest_data + LD_HCALLS, %edi
+        movl $LHCALL_LOAD_IDT_ENTRY, (%edi)
+        movl $3, 4(%edi)
+        movl $bp_handler, %eax
+        andl $0xffff, %eax
+        orl $0x00610000, %eax
+        movl %eax, 8(%edi)
+        movl $bp_handler, %eax
+        andl $0xffff0000, %eax
+        orl $0xef00, %eax
+        movl %eax, 12(%edi)
+        movb $0, lguest_data + LD_HCALL_STATUS
+        movl $LHCALL_FLUSH_ASYNC, %eax
+        int $0x1f
+        cmpb $0xff, lguest_data + LD_HCALL_STATUS
+        jne fail
+        int3
+        jmp fail
+bp_handler:
+        movzbl lguest_data + LD_HCALL_STATUS, %ecx
+        movl $TEST_DONE, %eax
+        movl $0xb9, %ebx
+        int $0x1f
+        jmp fail
+
+        .data
+ticks:  .long 0
+
+        .bss
+        .balign 4096
+pgdir:  .space 4096
+pt0:    .space 4096
+pt1:    .space 4096
+pmd0:   .space 4096
+pmd1:   .space 4096
+pmd3:   .space 4096
+        .balign 32
+pdpt:   .space 32

@@ -1,0 +1,50 @@
+"""The async hypercall ring (lguest-abi.md §5).
+
+In lazy sections (page-table batches, context switches) the guest queues
+hypercalls in lguest_data instead of trapping for each: 64 entries, each a
+status byte (0xFF free, 0 queued) and five argument words. The Host drains
+the ring at the start of every synchronous hypercall, from a cursor that
+persists across drains, executing each entry exactly as if it had been a
+synchronous call.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import GuestFault
+from . import hypercalls as H
+from .lguest_data import HCALL_ARGS_SIZE, LHCALL_RING_SIZE
+
+if TYPE_CHECKING:
+    from .core import Host
+
+STATUS_FREE = 0xFF
+
+
+class AsyncRing:
+    def __init__(self, host: "Host") -> None:
+        self.host = host
+        self.cursor = 0            # never reset (lguest-abi.md §5)
+        self.executed = 0
+
+    def drain(self) -> None:
+        host = self.host
+        data = host.lguest_data
+        memory = host.memory
+        status_at = data.gpa + data.layout.hcall_status
+        args_at = data.gpa + data.layout.hcalls
+        # Only what was queued when we started: the guest may keep queueing.
+        snapshot = memory.read(status_at, LHCALL_RING_SIZE, "async hypercall status")
+        for _ in range(LHCALL_RING_SIZE):
+            n = self.cursor
+            if snapshot[n] == STATUS_FREE:
+                break
+            self.cursor = (n + 1) % LHCALL_RING_SIZE
+            at = args_at + n * HCALL_ARGS_SIZE
+            call = memory.u32(at)
+            if call == H.LHCALL_LGUEST_INIT:
+                raise GuestFault("LGUEST_INIT queued in the async hypercall ring")
+            host.dispatch(call, memory.u32(at + 4), memory.u32(at + 8),
+                          memory.u32(at + 12), memory.u32(at + 16))
+            memory.set_u8(status_at + n, STATUS_FREE)
+            self.executed += 1
