@@ -18,7 +18,7 @@ import sys
 
 from .errors import UserError
 
-EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART = 0, 1, 2, 3
+EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART, EXIT_TIMEOUT = 0, 1, 2, 3, 124
 MAX_MEM = 3 << 30            # a 32-bit guest's RAM must end below its 4 GiB
 MIN_MEM = 4 << 20
 
@@ -48,7 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guest RAM: 64M, 1G, 512K or MiB (default 64M)")
     p.add_argument("--no-reboot", action="store_true",
                    help="exit with status 3 when the guest reboots, instead of restarting it")
-    p.add_argument("--stats", action="store_true", help="print exit counts when the guest ends")
+    p.add_argument("--stats", action="store_true",
+                   help="print exits by kind, with counts and time, when the guest ends")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write every exit to FILE as Chrome trace-event JSON (opens in Perfetto)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the guest after SECONDS and exit with status 124")
+    pae = p.add_mutually_exclusive_group()
+    pae.add_argument("--pae", dest="pae", action="store_true", default=None,
+                     help="the guest uses PAE page tables (default: told from its first table)")
+    pae.add_argument("--no-pae", dest="pae", action="store_false",
+                     help="the guest uses two-level (non-PAE) page tables")
     p.add_argument("--no-testbed", action="store_true",
                    help="where this host's KVM cannot run lguest guests, stop instead of "
                         "re-running inside the testbed VM")
@@ -104,11 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         status = kvm_ready(args)
         if status is not None:
             return status
-        config = GuestConfig(kernel=kernel, mem=mem, reboot=not args.no_reboot)
+        if args.timeout is not None and args.timeout <= 0:
+            raise UserError("--timeout must be a positive number of seconds")
+        config = GuestConfig(kernel=kernel, mem=mem, reboot=not args.no_reboot, pae=args.pae,
+                             timeout=args.timeout, stats=args.stats, trace=args.trace)
         while True:
-            outcome, host = boot_once(config)
+            try:
+                outcome, host = boot_once(config)
+            except OSError as exc:
+                raise UserError(str(exc)) from None
             if args.stats:
-                print_stats(host)
+                print(host.recorder.table(), file=sys.stderr)
             if outcome.kind != "restart" or not config.reboot:
                 break
             if args.verbose:
@@ -126,19 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.kind == "restart":
         say(f"guest asked to reboot ({outcome.message})")
         return EXIT_RESTART
+    if outcome.kind == "timeout":
+        say(outcome.message)
+        return EXIT_TIMEOUT
     say(f"guest {'crashed' if outcome.kind == 'crash' else 'killed'}: {outcome.message}")
     return EXIT_CRASH
-
-
-def print_stats(host) -> None:
-    from .host.hypercalls import name_of
-    from .machine import KICK_VECTOR
-    total = sum(host.trap_counts.values())
-    lines = [f"exits: {total}"]
-    for vector, count in sorted(host.trap_counts.items(), key=lambda kv: -kv[1]):
-        kind = ("hypercall" if vector == 0x1F else "kick" if vector == KICK_VECTOR
-                else f"trap {vector}")
-        lines.append(f"  {kind:<24} {count}")
-    for number, count in sorted(host.hypercall_counts.items(), key=lambda kv: -kv[1]):
-        lines.append(f"    {name_of(number):<22} {count}")
-    print("\n".join(lines), file=sys.stderr)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .host import Host, Outcome
+from .host.trace import ExitRecorder
 from .loader import load_elf
 from .machine import Machine
 from .switcher import DATA_DIR
@@ -31,6 +33,10 @@ class GuestConfig:
     kernel: str = BUNDLED_GUEST
     mem: int = 64 << 20
     reboot: bool = True              # a guest reboot restarts it in place
+    pae: bool | None = None          # None: decided from the guest's first table
+    timeout: float | None = None     # seconds; the run ends as "timeout"
+    stats: bool = False              # count and time exits by kind
+    trace: str | None = None         # Chrome trace-event JSON of every exit
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
 
 
@@ -50,13 +56,23 @@ class EarlyConsole:
 
 def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
     machine = Machine(config.mem)
+    timer = None
     try:
         image = load_elf(machine.memory, config.kernel)
         machine.set_start(image.entry)
-        host = Host(machine)
+        host = Host(machine, pae=config.pae)
         host.on_notify = EarlyConsole(host, config.console)
+        if config.stats or config.trace:
+            host.recorder = ExitRecorder(open(config.trace, "w") if config.trace else None)
+        if config.timeout:
+            timer = threading.Timer(config.timeout, host.stop,
+                                    ("timeout", f"--timeout of {config.timeout:g}s expired"))
+            timer.daemon = True
+            timer.start()
         return host.run(), host
     finally:
+        if timer is not None:
+            timer.cancel()
         machine.close()
 
 

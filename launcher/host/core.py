@@ -31,6 +31,7 @@ from .notify import NotifyMap
 from .pagetables import PageTables
 from .segments import Segments
 from .timer import ClockEvent
+from .trace import ExitRecorder
 from .traps import Traps
 
 LGUEST_SHUTDOWN_POWEROFF, LGUEST_SHUTDOWN_RESTART = 1, 2
@@ -73,6 +74,7 @@ class Host:
         self.async_ring = AsyncRing(self)
         self.notify_map = NotifyMap()
         self.clock: ClockEvent | None = None      # started by LGUEST_INIT
+        self.recorder: ExitRecorder | None = None # --stats / --trace
         self.ts_wanted = False
         pt = self.pagetables
         # Built once: dispatch is one dict lookup per exit.
@@ -124,6 +126,8 @@ class Host:
         exit_port = self.image.SW_EXIT_PORT
         fault_port = self.image.SW_FAULT_PORT
         handle_trap = self.handle_trap
+        if self.recorder is not None:
+            handle_trap = self.recorder.wrap(self, handle_trap)
         try:
             while self.outcome is None:
                 try:
@@ -146,6 +150,8 @@ class Host:
         if self.clock is not None:
             self.clock.stop()
             self.clock = None
+        if self.recorder is not None and self.recorder.trace is not None:
+            self.recorder.close()
 
     def stop(self, kind: str, message: str) -> None:
         """From another thread: end the run at the next exit."""

@@ -1,0 +1,91 @@
+"""Counting, timing and tracing exits: ``--stats`` and ``--trace FILE``.
+
+An ``ExitRecorder`` wraps the Host's trap handler only when asked for, so an
+untraced run pays nothing. ``--trace`` writes Chrome trace-event JSON (one
+complete event per exit, in the "JSON array" form), which Perfetto and
+chrome://tracing open directly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Callable, TextIO
+
+from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY
+from ..switcher import EAX, EBX, ECX, EDX, EIP, ERRCODE, ESI, TRAPNUM
+from .hypercalls import name_of
+
+if TYPE_CHECKING:
+    from .core import Host
+
+
+def exit_kind(trapnum: int, eax: int) -> str:
+    if trapnum == LGUEST_TRAP_ENTRY:
+        return name_of(eax)
+    if trapnum == KICK_VECTOR:
+        return "kick"
+    return f"trap {trapnum}"
+
+
+class ExitRecorder:
+    def __init__(self, trace: TextIO | None = None) -> None:
+        self.counts: Counter[str] = Counter()
+        self.total_ns: Counter[str] = Counter()
+        self.trace = trace
+        self.start_ns = time.monotonic_ns()
+        self._first = True
+        if trace is not None:
+            trace.write("[\n")
+
+    def wrap(self, host: "Host", handle: Callable[[], None]) -> Callable[[], None]:
+        regs = host.regs
+        clock = time.monotonic_ns
+
+        def recorded() -> None:
+            trapnum, eax = regs[TRAPNUM], regs[EAX]
+            kind = exit_kind(trapnum, eax)
+            if self.trace is not None:
+                args = ({"args": [regs[EBX], regs[ECX], regs[EDX], regs[ESI]]}
+                        if trapnum == LGUEST_TRAP_ENTRY
+                        else {"vector": trapnum, "errcode": regs[ERRCODE]})
+                args["eip"] = regs[EIP]
+                if trapnum == 14:
+                    args["cr2"] = host.requests.cr2
+            t0 = clock()
+            result = "ok"
+            try:
+                handle()
+            except Exception as exc:          # recorded, then handled by the loop
+                result = str(exc)
+                raise
+            finally:
+                t1 = clock()
+                self.counts[kind] += 1
+                self.total_ns[kind] += t1 - t0
+                if self.trace is not None:
+                    args["result"] = result
+                    self._event(kind, t0, t1, args)
+        return recorded
+
+    def _event(self, name: str, t0: int, t1: int, args: dict) -> None:
+        event = {"name": name, "ph": "X", "pid": 1, "tid": 1,
+                 "ts": (t0 - self.start_ns) / 1000, "dur": (t1 - t0) / 1000, "args": args}
+        self.trace.write(("" if self._first else ",\n") + json.dumps(event))
+        self._first = False
+
+    def close(self) -> None:
+        if self.trace is not None:
+            self.trace.write("\n]\n")
+            self.trace.close()
+            self.trace = None
+
+    def table(self) -> str:
+        total = sum(self.counts.values())
+        total_ms = sum(self.total_ns.values()) / 1e6
+        lines = [f"{'exit':<26}{'count':>10}{'total ms':>12}{'mean us':>10}"]
+        for kind, count in self.counts.most_common():
+            ns = self.total_ns[kind]
+            lines.append(f"{kind:<26}{count:>10}{ns / 1e6:>12.1f}{ns / count / 1e3:>10.1f}")
+        lines.append(f"{'total':<26}{total:>10}{total_ms:>12.1f}")
+        return "\n".join(lines)
