@@ -209,3 +209,25 @@ def test_notify_map_add_waits_for_readers_of_the_old_snapshot():
     assert added.is_set() and nm.grace_periods == 2
     with pytest.raises(ValueError):
         nm.add(0, 1)
+
+
+def test_g3_delivery_at_the_final_iret_reuses_the_frame():
+    from launcher.host.lguest_data import G3
+    m = FakeMachine()
+    m.memory.set_u32(LDATA + 1384, 0x80)          # G3 syscall_vec
+    m.memory.set_u32(LDATA + 1380, 0xC0000000)    # G3 kernel_address
+    m.memory.set_u32(LDATA + 1376, 0x5000)        # noirq_iret
+    m.memory.write(LDATA + 24, b"\xff" * 64)
+    h = Host(m, layout=G3)
+    h.hcall_init(LDATA)
+    h.traps.load_idt_entry(32, *D.split(D.gate(HANDLER, 0x60, 0xE, 0)))
+    r = m.regs
+    r[CS], r[SS], r[ESP], r[EIP], r[EFLAGS] = 0x61, 0x69, 0x8000, 0x5000, 0x202
+    m.memory.set_u32(0x8008, 0x346)               # stacked eflags (TF set)
+    set_ld(h, 0, 0x200)
+    h.interrupts.pending = 1
+    h.interrupts.deliver()
+    assert (r[EIP], r[ESP], r[EFLAGS]) == (HANDLER, 0x8000, 0x246)
+    assert m.memory.u32(0x8000 - 4) == 0          # nothing pushed
+    assert ld(h, 0) == 0
+    h.shutdown()

@@ -65,7 +65,8 @@ class Host:
         self.hypercall_counts: Counter[int] = Counter()
         self.trap_counts: Counter[int] = Counter()
         self.ss1, self.esp1 = 0, 0
-        self.noirq = (0, 0)
+        self.noirq = (0, 0)           # G1/G2: the guest's iret window
+        self.noirq_iret = -1          # G3: the guest's final iret
         self.kernel_address = 0
         self.last_cr2 = 0
         self.ram_limit = machine.layout.slot0_size
@@ -248,6 +249,8 @@ class Host:
                              "the Switcher's reserved region")
         if self.layout.noirq_start is not None:
             self.noirq = (data.get("noirq_start"), data.get("noirq_end"))
+        else:
+            self.noirq_iret = data.get("noirq_iret")
         self.kernel_address = kernel_address
         # The top 4 MiB (PDE 1023; PMD 510-511 with PAE) is the Switcher's.
         data.set("reserve_mem", 0x100000000 - self.image.SW_BASE)

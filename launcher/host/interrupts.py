@@ -100,7 +100,10 @@ class Interrupts:
             with self.cond:
                 self.pending &= ~(1 << irq)
                 cand &= ~(1 << irq)
-            host.traps.deliver(vector, False)
+            if eip == host.noirq_iret:
+                host.traps.deliver_at_iret(vector)
+            else:
+                host.traps.deliver(vector, False)
         host.set_wallclock(data)
         if not cand:
             data.set("irq_pending", 0)

@@ -114,6 +114,19 @@ class Traps:
         if D.gate_type(high) == D.GATE_INTERRUPT:
             host.disable_guest_irqs()
 
+    def deliver_at_iret(self, vector: int) -> None:
+        """G3's no-interrupt rule: the guest is sitting on its final `iret`
+        with a frame (eip, cs, eflags) on the stack. Rather than push another
+        frame, enter the handler as if the interrupt came right after that
+        iret: the frame already there is the one the handler returns through."""
+        r = self.machine.regs
+        low, high = self.guest_idt[vector]
+        stacked = self.host.memory.u32(self.host.translate(r[ESP] + 8), "iret frame")
+        r[EFLAGS] = stacked & ~(X86_EFLAGS_TF | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT)
+        r[CS], r[EIP] = GUEST_CS, D.gate_handler(low, high)
+        if D.gate_type(high) == D.GATE_INTERRUPT:
+            self.host.disable_guest_irqs()
+
     def reflect(self, vector: int) -> None:
         """Pass a trap the guest caused back to the guest."""
         self.deliver(vector, vector in ERRCODE_VECTORS)
