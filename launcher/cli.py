@@ -40,12 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an lguest paravirtual i386 guest on KVM.",
         epilog="With no KERNEL the bundled guest boots. lguest's own form "
                "`launcher 64 vmlinux args...` (memory in MiB first) works too. "
-               "KERNEL is a vmlinux-style i386 ELF image.")
+               "KERNEL is an i386 bzImage or vmlinux-style ELF image.")
     p.add_argument("kernel", nargs="?", metavar="KERNEL", help="guest kernel image")
     p.add_argument("guest_args", nargs="*", metavar="GUEST ARGS",
                    help="the guest's command line")
     p.add_argument("--mem", "-m", default="64M", metavar="SIZE",
                    help="guest RAM: 64M, 1G, 512K or MiB (default 64M)")
+    p.add_argument("--initrd", metavar="FILE", help="initial ramdisk for the guest")
+    p.add_argument("--append", metavar="TEXT", default="",
+                   help="guest kernel command line (GUEST ARGS are appended to it)")
     p.add_argument("--no-reboot", action="store_true",
                    help="exit with status 3 when the guest reboots, instead of restarting it")
     p.add_argument("--stats", action="store_true",
@@ -107,17 +110,21 @@ def main(argv: list[str] | None = None) -> int:
                             f"({MIN_MEM >> 20}M to {MAX_MEM >> 30}G)")
         if mem % 4096:
             raise UserError(f"--mem {args.mem} is not a whole number of 4 KiB pages")
-        from .run import BUNDLED_GUEST, GuestConfig, boot_once
+        from .run import BUNDLED_GUEST, GuestConfig, boot_once, preflight
         kernel = args.kernel or BUNDLED_GUEST
-        if not os.path.isfile(kernel):
-            raise UserError(f"{kernel}: no such file")
+        for what, path in (("kernel", kernel), ("initrd", args.initrd)):
+            if path is not None and not os.path.exists(path):
+                raise UserError(f"{path}: no such file (the {what})")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UserError("--timeout must be a positive number of seconds")
+        cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
+        config = GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
+                             reboot=not args.no_reboot, pae=args.pae,
+                             timeout=args.timeout, stats=args.stats, trace=args.trace)
+        preflight(config)
         status = kvm_ready(args)
         if status is not None:
             return status
-        if args.timeout is not None and args.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds")
-        config = GuestConfig(kernel=kernel, mem=mem, reboot=not args.no_reboot, pae=args.pae,
-                             timeout=args.timeout, stats=args.stats, trace=args.trace)
         while True:
             try:
                 outcome, host = boot_once(config)

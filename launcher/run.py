@@ -12,6 +12,7 @@ This is also the Python API for CI scripts:
 """
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import threading
@@ -20,8 +21,9 @@ from typing import BinaryIO
 
 from .host import Host, Outcome
 from .host.trace import ExitRecorder
-from .loader import load_elf
+from .bootparams import load_kernel
 from .machine import Machine
+from .memory import GuestMemory
 from .switcher import DATA_DIR
 
 BUNDLED_GUEST = os.path.join(DATA_DIR, "hello.elf")
@@ -32,6 +34,8 @@ EARLY_CONSOLE_MAX = 256      # bytes read per early-console NOTIFY
 class GuestConfig:
     kernel: str = BUNDLED_GUEST
     mem: int = 64 << 20
+    cmdline: str = ""
+    initrd: str | None = None
     reboot: bool = True              # a guest reboot restarts it in place
     pae: bool | None = None          # None: decided from the guest's first table
     timeout: float | None = None     # seconds; the run ends as "timeout"
@@ -54,13 +58,26 @@ class EarlyConsole:
         self.out.flush()
 
 
+def preflight(config: GuestConfig) -> None:
+    """Check the kernel and initrd before any VM exists (or a testbed boots):
+    load them into throwaway memory, which the kernel only touches sparsely."""
+    scratch = mmap.mmap(-1, config.mem)
+    memory = GuestMemory(scratch)
+    try:
+        load_kernel(memory, config.kernel, config.mem, config.cmdline, config.initrd)
+    finally:
+        memory.view.release()
+        scratch.close()
+
+
 def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
     machine = Machine(config.mem)
     timer = None
     try:
-        image = load_elf(machine.memory, config.kernel)
-        machine.set_start(image.entry)
-        host = Host(machine, pae=config.pae)
+        boot = load_kernel(machine.memory, config.kernel, config.mem, config.cmdline,
+                           config.initrd)
+        machine.set_start(boot.entry)
+        host = Host(machine, layout=boot.layout, pae=config.pae)
         host.on_notify = EarlyConsole(host, config.console)
         if config.stats or config.trace:
             host.recorder = ExitRecorder(open(config.trace, "w") if config.trace else None)

@@ -1,0 +1,203 @@
+"""The x86 boot protocol as lguest used it (lguest-abi.md §1).
+
+``load_kernel`` puts a bzImage or a vmlinux-style ELF into guest memory,
+builds the zero page (``struct boot_params``) at guest-physical 0, the
+command line at 0x1000 and the initrd against the top of RAM, and tells
+which lguest generation the kernel is (from its version string), so the
+Host can pick the right ``lguest_data`` layout.
+
+Every check here is about the user's input: a failure is a ``UserError``
+(exit status 2, one sentence).
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+from .errors import UserError
+from .host.lguest_data import G1, G2, G3, LguestDataLayout
+from .memory import GuestMemory
+
+PAGE = 4096
+BOOT_PARAMS = 0x0
+CMDLINE = 0x1000
+KERNEL_LOAD = 0x100000
+
+# Zero-page offsets (Documentation/x86/zero-page and boot protocol).
+ZP_E820_ENTRIES = 0x1E8
+ZP_SENTINEL = 0x1EF
+ZP_SETUP_SECTS = 0x1F1
+ZP_JUMP = 0x200
+ZP_HEADER = 0x202
+ZP_VERSION = 0x206
+ZP_KERNEL_VERSION = 0x20E
+ZP_TYPE_OF_LOADER = 0x210
+ZP_LOADFLAGS = 0x211
+ZP_CODE32_START = 0x214
+ZP_RAMDISK_IMAGE = 0x218
+ZP_RAMDISK_SIZE = 0x21C
+ZP_CMD_LINE_PTR = 0x228
+ZP_KERNEL_ALIGNMENT = 0x230
+ZP_XLOADFLAGS = 0x236
+ZP_CMDLINE_SIZE = 0x238
+ZP_HARDWARE_SUBARCH = 0x23C
+ZP_PREF_ADDRESS = 0x258
+ZP_INIT_SIZE = 0x260
+ZP_E820_MAP = 0x2D0
+
+KEEP_SEGMENTS = 0x40
+XLF_KERNEL_64 = 0x1
+HARDWARE_SUBARCH_LGUEST = 1
+E820_RAM = 1
+MIN_PROTOCOL = 0x0207          # the first with hardware_subarch
+
+
+@dataclass
+class BootInfo:
+    entry: int                  # guest-physical entry point (ring 1, linear mode)
+    layout: LguestDataLayout    # the generation's lguest_data
+    version: str                # the kernel's version string, if found
+    kernel_end: int             # first byte after what the kernel needs at boot
+
+
+def align_up(n: int, a: int = PAGE) -> int:
+    return (n + a - 1) & ~(a - 1)
+
+
+def generation(version: str) -> LguestDataLayout:
+    """Which lguest ABI a kernel speaks, from "3.14.40 ..." (lguest-abi.md §0)."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        return G2
+    major, minor = int(m.group(1)), int(m.group(2))
+    if (major, minor) >= (4, 14):
+        raise UserError(f"Linux {major}.{minor} has no lguest guest support "
+                        "(it was removed in 4.14)")
+    if major == 4 and minor >= 1:
+        return G3
+    if major == 2:
+        return G1
+    return G2
+
+
+def read_image(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a kernel image") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    if not data:
+        raise UserError(f"{path} is empty")
+    return data
+
+
+def load_kernel(memory: GuestMemory, path: str, mem: int, cmdline: str = "",
+                initrd: str | None = None) -> BootInfo:
+    """Load a kernel, zero page, command line and initrd; ``mem`` is the
+    RAM the guest's e820 reports (guest memory may extend past it)."""
+    data = read_image(path)
+    if data[:4] == b"\x7fELF":
+        info = _load_elf(memory, path, data, mem)
+        header = b""
+    elif len(data) > ZP_HEADER + 4 and data[ZP_HEADER:ZP_HEADER + 4] == b"HdrS":
+        info, header = _load_bzimage(memory, path, data, mem)
+    else:
+        raise UserError(f"{path} is neither a bzImage nor an ELF kernel image")
+    initrd_at, initrd_size = mem, 0
+    if initrd is not None:
+        blob = read_image(initrd)
+        initrd_size = align_up(len(blob))
+        initrd_at = mem - initrd_size
+        if initrd_at < info.kernel_end:
+            raise UserError(f"the initrd {initrd} ({len(blob) >> 10} KiB) does not fit in "
+                            f"--mem above the kernel: give the guest more memory")
+        memory.write(initrd_at, blob)
+    _write_zero_page(memory, header, mem, cmdline, initrd_at, initrd_size)
+    return info
+
+
+def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
+                  mem: int) -> tuple[BootInfo, bytes]:
+    version = struct.unpack_from("<H", data, ZP_VERSION)[0]
+    if version < MIN_PROTOCOL:
+        raise UserError(f"{path} uses boot protocol {version >> 8}.{version & 0xFF}; lguest "
+                        "needs 2.07 or later (Linux 2.6.24+)")
+    setup_sects = data[ZP_SETUP_SECTS] or 4
+    pm_offset = (setup_sects + 1) * 512
+    if pm_offset >= len(data):
+        raise UserError(f"{path} is truncated: its setup claims {setup_sects} sectors "
+                        f"but the file has {len(data)} bytes")
+    header_end = ZP_HEADER + data[0x201]
+    header = data[ZP_SETUP_SECTS:header_end]
+    if data[0x1FE:0x200] != b"\x55\xAA":
+        raise UserError(f"{path} has no boot-sector signature: not a valid bzImage")
+    version_string = _bz_version(data)
+    if _is_64bit_bzimage(data, version):
+        raise UserError(f"{path} is a 64-bit kernel; lguest guests are 32-bit (i386)")
+    payload = data[pm_offset:]
+    entry = struct.unpack_from("<I", data, ZP_CODE32_START)[0]
+    end = KERNEL_LOAD + len(payload)
+    if version >= 0x020A:
+        pref = struct.unpack_from("<Q", data, ZP_PREF_ADDRESS)[0]
+        init_size = struct.unpack_from("<I", data, ZP_INIT_SIZE)[0]
+        end = max(end, pref + init_size)
+    if end > mem:
+        raise UserError(f"{path} needs {end >> 20} MiB to boot (it unpacks up to "
+                        f"{end:#x}); give the guest more than that with --mem")
+    memory.write(KERNEL_LOAD, payload)
+    return BootInfo(entry, generation(version_string), version_string, end), header
+
+
+def _is_64bit_bzimage(data: bytes, version: int) -> bool:
+    """A bzImage built for x86-64 says so in xloadflags (protocol 2.12+)."""
+    if version < 0x020C or len(data) < ZP_XLOADFLAGS + 2:
+        return False
+    return bool(struct.unpack_from("<H", data, ZP_XLOADFLAGS)[0] & XLF_KERNEL_64)
+
+
+def _bz_version(data: bytes) -> str:
+    at = struct.unpack_from("<H", data, ZP_KERNEL_VERSION)[0] + 0x200
+    if not 0x200 < at < len(data):
+        return ""
+    raw = data[at:at + 128].split(b"\0", 1)[0]
+    return raw.decode("ascii", "replace")
+
+
+def _load_elf(memory: GuestMemory, path: str, data: bytes, mem: int) -> BootInfo:
+    from .loader import load_elf_bytes
+    image = load_elf_bytes(memory, path, data, limit=mem)
+    m = re.search(rb"Linux version (\S+)", data)
+    version = m.group(1).decode("ascii", "replace") if m else ""
+    return BootInfo(image.entry, generation(version), version, image.end)
+
+
+def _write_zero_page(memory: GuestMemory, header: bytes, mem: int, cmdline: str,
+                     initrd_at: int, initrd_size: int) -> None:
+    zp = bytearray(PAGE)
+    # Newer decompressors read more of their own header than lguest filled
+    # in, so start from the kernel's header (lguest-abi.md §1.2).
+    zp[ZP_SETUP_SECTS:ZP_SETUP_SECTS + len(header)] = header
+    zp[ZP_SENTINEL] = 0
+    zp[ZP_E820_ENTRIES] = 1
+    struct.pack_into("<QQI", zp, ZP_E820_MAP, 0, mem, E820_RAM)
+    version = struct.unpack_from("<H", zp, ZP_VERSION)[0]
+    struct.pack_into("<H", zp, ZP_VERSION, max(version, MIN_PROTOCOL))
+    zp[ZP_LOADFLAGS] |= KEEP_SEGMENTS
+    if initrd_size:
+        zp[ZP_TYPE_OF_LOADER] = 0xFF
+        struct.pack_into("<II", zp, ZP_RAMDISK_IMAGE, initrd_at, initrd_size)
+    struct.pack_into("<I", zp, ZP_CMD_LINE_PTR, CMDLINE)
+    struct.pack_into("<I", zp, ZP_KERNEL_ALIGNMENT, 0x1000000)
+    struct.pack_into("<I", zp, ZP_HARDWARE_SUBARCH, HARDWARE_SUBARCH_LGUEST)
+    memory.write(BOOT_PARAMS, bytes(zp))
+    limit = PAGE - 1
+    if version >= 0x0206 and header:
+        limit = min(limit, struct.unpack_from("<I", zp, ZP_CMDLINE_SIZE)[0] or limit)
+    raw = cmdline.encode()
+    if len(raw) > limit:
+        raise UserError(f"the guest command line is {len(raw)} bytes; this kernel takes "
+                        f"at most {limit}")
+    memory.write(CMDLINE, raw + b"\0")
