@@ -1,0 +1,100 @@
+"""Boot loading (lguest-abi.md §1) on synthetic images, without KVM."""
+import struct
+
+import pytest
+
+from launcher import bootparams as B
+from launcher.errors import UserError
+from launcher.host.lguest_data import G1, G2, G3
+from launcher.memory import GuestMemory
+
+MEM = 32 << 20
+
+
+def bzimage(version=0x020B, setup_sects=2, payload=b"\x90" * 5000, kver="3.14.40 (test)",
+            xloadflags=0, init_size=0x10000, pref=0x1000000):
+    img = bytearray((setup_sects + 1) * 512)
+    img[B.ZP_SETUP_SECTS] = setup_sects
+    img[0x1FE:0x200] = b"\x55\xAA"
+    img[0x201] = 0x60                    # header length - 2 past 0x202
+    img[B.ZP_HEADER:B.ZP_HEADER + 4] = b"HdrS"
+    struct.pack_into("<H", img, B.ZP_VERSION, version)
+    struct.pack_into("<I", img, B.ZP_CODE32_START, 0x100000)
+    struct.pack_into("<I", img, B.ZP_CMDLINE_SIZE, 2047)
+    struct.pack_into("<H", img, B.ZP_XLOADFLAGS, xloadflags)
+    struct.pack_into("<Q", img, B.ZP_PREF_ADDRESS, pref)
+    struct.pack_into("<I", img, B.ZP_INIT_SIZE, init_size)
+    at = 0x400
+    img[at:at + len(kver) + 1] = kver.encode() + b"\0"
+    struct.pack_into("<H", img, B.ZP_KERNEL_VERSION, at - 0x200)
+    return bytes(img) + payload
+
+
+def load(tmp_path, data, mem=MEM, **kw):
+    path = tmp_path / "kernel"
+    path.write_bytes(data)
+    memory = GuestMemory(bytearray(mem + 4096))
+    return B.load_kernel(memory, str(path), mem, **kw), memory
+
+
+def test_bzimage_zero_page_follows_lguest(tmp_path):
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"R" * 5000)
+    info, m = load(tmp_path, bzimage(), cmdline="console=hvc0 root=/dev/vda",
+                   initrd=str(initrd))
+    assert info.entry == 0x100000 and info.layout is G2 and info.version.startswith("3.14.40")
+    assert m.read(0x100000, 4) == b"\x90" * 4
+    assert m.u8(B.ZP_E820_ENTRIES) == 1
+    assert struct.unpack_from("<QQI", m.read(B.ZP_E820_MAP, 20)) == (0, MEM, 1)
+    assert m.u32(B.ZP_HARDWARE_SUBARCH) == 1
+    assert m.u8(B.ZP_LOADFLAGS) & B.KEEP_SEGMENTS
+    assert m.u32(B.ZP_CMD_LINE_PTR) == 0x1000
+    assert m.cstring(0x1000, 100) == b"console=hvc0 root=/dev/vda"
+    assert m.u32(B.ZP_KERNEL_ALIGNMENT) == 0x1000000
+    assert m.u16(B.ZP_VERSION) == 0x020B          # the kernel's own header kept
+    assert m.u8(B.ZP_TYPE_OF_LOADER) == 0xFF
+    assert m.u32(B.ZP_RAMDISK_SIZE) == 8192       # page-aligned
+    assert m.u32(B.ZP_RAMDISK_IMAGE) == MEM - 8192
+    assert m.read(MEM - 8192, 5) == b"RRRRR"
+    assert m.u8(B.ZP_SENTINEL) == 0
+
+
+@pytest.mark.parametrize("kver,layout", [("2.6.32.63", G1), ("3.10.99", G2), ("4.1.52", G3),
+                                         ("4.9.229", G3), ("", G2)])
+def test_generation_from_the_version_string(kver, layout):
+    assert B.generation(kver) is layout
+
+
+def test_kernels_without_lguest_are_refused():
+    with pytest.raises(UserError, match="removed in 4.14"):
+        B.generation("5.10.0")
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty"),
+    (b"\x7fELF" + bytes(20), "not a valid ELF"),
+    (b"MZ" + bytes(1000), "neither a bzImage"),
+    (bzimage(version=0x0206), "2.07 or later"),
+    (bzimage(xloadflags=1, version=0x020C), "64-bit"),
+    (bzimage()[:600], "truncated"),
+    (bzimage(init_size=64 << 20), "give the guest more"),
+])
+def test_bad_images_are_user_errors(tmp_path, data, match):
+    with pytest.raises(UserError, match=match):
+        load(tmp_path, data)
+
+
+def test_setup_sects_zero_means_four(tmp_path):
+    img = bytearray(bzimage(setup_sects=4))
+    img[B.ZP_SETUP_SECTS] = 0
+    info, m = load(tmp_path, bytes(img))
+    assert m.read(0x100000, 2) == b"\x90\x90"
+
+
+def test_initrd_too_big_and_command_line_too_long(tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(bytes(MEM))
+    with pytest.raises(UserError, match="initrd"):
+        load(tmp_path, bzimage(), initrd=str(big))
+    with pytest.raises(UserError, match="command line"):
+        load(tmp_path, bzimage(), cmdline="x" * 3000)
