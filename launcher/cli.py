@@ -4,7 +4,8 @@
 
 With no KERNEL it boots the bundled guest. Exit status: 0 the guest powered
 off; 1 it crashed, panicked or was killed (the reason on stderr); 2 a usage
-or input error; 3 it asked to reboot and --no-reboot was given.
+or input error; 3 it asked to reboot and --no-reboot was given; 124 the
+--timeout expired; 130 it was stopped by three ^C or a signal.
 
 On a host whose KVM cannot run 32-bit paged guests (design.md, "Where it
 runs") the command says so and re-runs itself inside the testbed VM.
@@ -17,8 +18,10 @@ import re
 import sys
 
 from .errors import UserError
+from .terminal import guest_owns_terminal, stdin_fd
 
-EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART, EXIT_TIMEOUT = 0, 1, 2, 3, 124
+EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART = 0, 1, 2, 3
+EXIT_TIMEOUT, EXIT_INTERRUPTED = 124, 130
 MAX_MEM = 3 << 30            # a 32-bit guest's RAM must end below its 4 GiB
 MIN_MEM = 4 << 20
 
@@ -49,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initrd", metavar="FILE", help="initial ramdisk for the guest")
     p.add_argument("--append", metavar="TEXT", default="",
                    help="guest kernel command line (GUEST ARGS are appended to it)")
+    p.add_argument("--block", action="append", default=[], metavar="FILE[,ro]",
+                   help="a virtio disk backed by FILE (repeatable; ,ro for read-only)")
+    p.add_argument("--rng", action="store_true", help="a virtio rng fed from /dev/urandom")
     p.add_argument("--no-reboot", action="store_true",
                    help="exit with status 3 when the guest reboots, instead of restarting it")
     p.add_argument("--stats", action="store_true",
@@ -74,6 +80,16 @@ def normalise_legacy(args: argparse.Namespace) -> None:
     if args.kernel and args.kernel.isdigit() and args.guest_args:
         args.mem = args.kernel
         args.kernel = args.guest_args.pop(0)
+
+
+def parse_block(spec: str) -> tuple[str, bool]:
+    """FILE or FILE,ro."""
+    path, _, opts = spec.partition(",")
+    if opts not in ("", "ro"):
+        raise UserError(f"--block {spec}: unknown option {opts!r} (only ,ro)")
+    if not path:
+        raise UserError("--block needs a file name")
+    return path, opts == "ro"
 
 
 def say(msg: str) -> None:
@@ -120,28 +136,31 @@ def main(argv: list[str] | None = None) -> int:
         cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
         config = GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
                              reboot=not args.no_reboot, pae=args.pae,
-                             timeout=args.timeout, stats=args.stats, trace=args.trace)
+                             timeout=args.timeout, stats=args.stats, trace=args.trace,
+                             blocks=[parse_block(b) for b in args.block], rng=args.rng,
+                             stdin=stdin_fd())
         preflight(config)
         status = kvm_ready(args)
         if status is not None:
             return status
-        while True:
-            try:
-                outcome, host = boot_once(config)
-            except OSError as exc:
-                raise UserError(str(exc)) from None
-            if args.stats:
-                print(host.recorder.table(), file=sys.stderr)
-            if outcome.kind != "restart" or not config.reboot:
-                break
-            if args.verbose:
-                say(f"guest rebooting: {outcome.message}")
+        with guest_owns_terminal(config.stdin):
+            while True:
+                try:
+                    outcome, host = boot_once(config)
+                except OSError as exc:
+                    raise UserError(str(exc)) from None
+                if args.stats:
+                    print(host.recorder.table(), file=sys.stderr)
+                if outcome.kind != "restart" or not config.reboot:
+                    break
+                if args.verbose:
+                    say(f"guest rebooting: {outcome.message}")
     except UserError as exc:
         say(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         say("interrupted")
-        return EXIT_CRASH
+        return EXIT_INTERRUPTED
     if outcome.kind == "poweroff":
         if args.verbose:
             say("guest powered off")
@@ -152,5 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.kind == "timeout":
         say(outcome.message)
         return EXIT_TIMEOUT
+    if outcome.kind == "interrupted":
+        say(f"stopped: {outcome.message}")
+        return EXIT_INTERRUPTED
     say(f"guest {'crashed' if outcome.kind == 'crash' else 'killed'}: {outcome.message}")
     return EXIT_CRASH

@@ -24,10 +24,14 @@ from .host.trace import ExitRecorder
 from .bootparams import load_kernel
 from .machine import Machine
 from .memory import GuestMemory
+from .virtio.block import Block
+from .virtio.console import Console
+from .virtio.device import Device
+from .virtio.lguest_bus import LguestBus, pages_needed
+from .virtio.rng import Rng
 from .switcher import DATA_DIR
 
 BUNDLED_GUEST = os.path.join(DATA_DIR, "hello.elf")
-EARLY_CONSOLE_MAX = 256      # bytes read per early-console NOTIFY
 
 
 @dataclass
@@ -41,26 +45,25 @@ class GuestConfig:
     timeout: float | None = None     # seconds; the run ends as "timeout"
     stats: bool = False              # count and time exits by kind
     trace: str | None = None         # Chrome trace-event JSON of every exit
+    blocks: list[tuple[str, bool]] = field(default_factory=list)   # (path, read-only)
+    rng: bool = False
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+    stdin: int | None = None         # the console's input descriptor, if any
 
-
-class EarlyConsole:
-    """NOTIFY values that name no device are strings for the console."""
-
-    def __init__(self, host: Host, out: BinaryIO) -> None:
-        self.host, self.out = host, out
-
-    def __call__(self, gpa: int) -> None:
-        memory = self.host.memory
-        limit = min(EARLY_CONSOLE_MAX, memory.size - gpa) if gpa < memory.size else 1
-        text = memory.cstring(gpa, limit, "early console string")
-        self.out.write(text)
-        self.out.flush()
+    def devices(self, on_interrupt) -> list[Device]:
+        """The lguest bus devices in command-line order, console last (G2)."""
+        devs: list[Device] = [Block(path, ro, i) for i, (path, ro) in enumerate(self.blocks)]
+        if self.rng:
+            devs.append(Rng())
+        devs.append(Console(self.console, self.stdin, on_interrupt))
+        return devs
 
 
 def preflight(config: GuestConfig) -> None:
     """Check the kernel and initrd before any VM exists (or a testbed boots):
     load them into throwaway memory, which the kernel only touches sparsely."""
+    for i, (path, ro) in enumerate(config.blocks):
+        Block(path, ro, i).close()
     scratch = mmap.mmap(-1, config.mem)
     memory = GuestMemory(scratch)
     try:
@@ -71,14 +74,18 @@ def preflight(config: GuestConfig) -> None:
 
 
 def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
-    machine = Machine(config.mem)
+    stop = []
+    devices = config.devices(lambda: stop[0]("interrupted", "three ^C on the console"))
+    bus = LguestBus(devices, early_console=config.console)
+    machine = Machine(config.mem, device_pages=pages_needed(devices))
     timer = None
     try:
         boot = load_kernel(machine.memory, config.kernel, config.mem, config.cmdline,
                            config.initrd)
         machine.set_start(boot.entry)
         host = Host(machine, layout=boot.layout, pae=config.pae)
-        host.on_notify = EarlyConsole(host, config.console)
+        stop.append(host.stop)
+        bus.install(host, config.mem)
         if config.stats or config.trace:
             host.recorder = ExitRecorder(open(config.trace, "w") if config.trace else None)
         if config.timeout:
@@ -90,6 +97,10 @@ def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
     finally:
         if timer is not None:
             timer.cancel()
+        bus.shutdown()
+        for dev in devices:
+            if isinstance(dev, Block):
+                dev.close()
         machine.close()
 
 

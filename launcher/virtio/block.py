@@ -1,0 +1,153 @@
+"""virtio-blk (type 2), backed by a file (lguest-abi.md §9.6).
+
+A request is a 16-byte header {u32 type, u32 ioprio, u64 sector}, its data,
+and a status byte in the last writable byte. Reads and writes go straight
+between the file and guest memory (preadv/pwritev into the ring's buffers).
+A request that reaches past the end of the file gets an I/O error status and
+never changes the file's size; FLUSH is an fdatasync, so a write the guest
+saw acknowledged and then flushed is on disk.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+from ..errors import GuestFault, UserError
+from .device import Device
+from .vring import Chain, Vring
+
+VIRTIO_ID_BLOCK = 2
+VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_SCSI_CMD = 0, 1, 2
+VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID = 4, 8
+VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP = 0, 1, 2
+VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_FLUSH = 2, 5, 9
+VIRTIO_BLK_ID_BYTES = 20
+SECTOR = 512
+SEG_MAX = 254
+HEADER = struct.Struct("<IIQ")
+
+
+class Block(Device):
+    type = VIRTIO_ID_BLOCK
+    num_queues = 1
+
+    def __init__(self, path: str, readonly: bool = False, index: int = 0) -> None:
+        self.path, self.readonly = path, readonly
+        self.name = f"block{index}"
+        try:
+            self.fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        except IsADirectoryError:
+            raise UserError(f"--block {path} is a directory") from None
+        except PermissionError:
+            hint = "" if readonly else " (add ,ro to use it read-only)"
+            raise UserError(f"--block {path}: permission denied{hint}") from None
+        except OSError as exc:
+            raise UserError(f"--block {path}: {exc.strerror}") from None
+        self.size = os.fstat(self.fd).st_size
+        if self.size < SECTOR:
+            os.close(self.fd)
+            raise UserError(f"--block {path} is smaller than one 512-byte sector")
+        self.serial = os.path.basename(path).encode()[:VIRTIO_BLK_ID_BYTES]
+
+    def features(self) -> int:
+        f = (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH)
+        return f | (1 << VIRTIO_BLK_F_RO) if self.readonly else f
+
+    def config(self) -> bytes:
+        return struct.pack("<QII", self.size // SECTOR, 0, SEG_MAX)
+
+    def service(self, index: int, vq: Vring) -> None:
+        while (chain := vq.pop()) is not None:
+            written = self.request(chain)
+            vq.push(chain.head, written)
+
+    def request(self, chain: Chain) -> int:
+        """Carry out one request; the number of bytes written into the chain."""
+        if not chain.writable or len(chain.writable[-1]) < 1:
+            raise GuestFault(f"{self.name}: request without a status byte")
+        header, data_in = _split(chain.readable, HEADER.size)
+        if header is None:
+            raise GuestFault(f"{self.name}: request header shorter than {HEADER.size} bytes")
+        type_, _ioprio, sector = HEADER.unpack(header)
+        last = chain.writable[-1]
+        status_byte = last[len(last) - 1:]
+        data_out = chain.writable[:-1] + ([last[:-1]] if len(last) > 1 else [])
+        status, written = VIRTIO_BLK_S_OK, 0
+        try:
+            if type_ == VIRTIO_BLK_T_IN:
+                written = self._read(sector, data_out)
+                if written is None:
+                    status, written = VIRTIO_BLK_S_IOERR, 0
+            elif type_ == VIRTIO_BLK_T_OUT:
+                if self.readonly or not self._write(sector, data_in):
+                    status = VIRTIO_BLK_S_IOERR
+            elif type_ == VIRTIO_BLK_T_FLUSH:
+                if not self.readonly:
+                    os.fdatasync(self.fd)
+            elif type_ == VIRTIO_BLK_T_GET_ID:
+                ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")
+                written = _scatter(ident, data_out)
+            else:
+                status = VIRTIO_BLK_S_UNSUPP
+        except OSError:
+            status, written = VIRTIO_BLK_S_IOERR, 0
+        status_byte[0] = status
+        return written + 1
+
+    def _in_range(self, sector: int, length: int) -> bool:
+        return sector * SECTOR + length <= self.size and sector < (1 << 55)
+
+    def _read(self, sector: int, bufs: list[memoryview]) -> int | None:
+        length = sum(len(b) for b in bufs)
+        if not self._in_range(sector, length):
+            return None
+        done = os.preadv(self.fd, bufs, sector * SECTOR) if bufs else 0
+        if done != length:
+            raise OSError("short read")
+        return done
+
+    def _write(self, sector: int, bufs: list[memoryview]) -> bool:
+        length = sum(len(b) for b in bufs)
+        if not self._in_range(sector, length):
+            return False
+        done = os.pwritev(self.fd, bufs, sector * SECTOR) if bufs else 0
+        if done != length:
+            raise OSError("short write")
+        return True
+
+    def stop(self) -> None:
+        if not self.readonly:
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop()
+        os.close(self.fd)
+
+
+def _split(bufs: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview]]:
+    """The first ``n`` bytes across ``bufs``, and views of the rest."""
+    head = bytearray()
+    rest: list[memoryview] = []
+    for b in bufs:
+        if len(head) < n:
+            take = min(n - len(head), len(b))
+            head += b[:take]
+            if take < len(b):
+                rest.append(b[take:])
+        else:
+            rest.append(b)
+    return (bytes(head) if len(head) == n else None), rest
+
+
+def _scatter(data: bytes, bufs: list[memoryview]) -> int:
+    done = 0
+    for b in bufs:
+        take = min(len(b), len(data) - done)
+        b[:take] = data[done:done + take]
+        done += take
+        if done == len(data):
+            break
+    return done

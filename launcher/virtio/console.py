@@ -1,0 +1,95 @@
+"""virtio-console (type 3): queue 0 carries input to the guest, queue 1 its
+output (lguest-abi.md §9.6).
+
+Output is written out whole. Input is read from a file descriptor (stdin
+usually) only while the guest has offered a buffer for it, one read per
+buffer; at end of input the console stops reading. Three reads that each
+return a lone ^C, within a second, stop the guest: the way out of an
+interactive guest, as under lguest.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import BinaryIO, Callable
+
+from .device import Device
+from .vring import Vring
+
+VIRTIO_ID_CONSOLE = 3
+CTRL_C = b"\x03"
+CTRL_C_WINDOW = 1.0
+
+
+class Console(Device):
+    type = VIRTIO_ID_CONSOLE
+    name = "console"
+    num_queues = 2
+
+    def __init__(self, out: BinaryIO, in_fd: int | None = None,
+                 on_interrupt: Callable[[], None] = lambda: None) -> None:
+        self.out, self.in_fd, self.on_interrupt = out, in_fd, on_interrupt
+        self.ctrl_c: list[float] = []
+        self.input_waiting = False       # stdin has data but no buffer was free
+        self.eof = False
+        self.output = bytearray() if out is None else None
+
+    def extra_fds(self) -> list[int]:
+        return [] if self.in_fd is None else [self.in_fd]
+
+    def service(self, index: int, vq: Vring) -> None:
+        if index == 1:
+            while (chain := vq.pop()) is not None:
+                self.write(chain.read_all())
+                vq.push(chain.head, 0)
+        elif self.input_waiting:
+            self.input_waiting = False
+            self.read_input()
+            if self.eof:
+                self.input_waiting = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass                        # output closed: the guest carries on
+
+    def on_fd(self, fd: int) -> bool | None:
+        """stdin is readable: True to keep polling it, None to pause until
+        the guest offers a buffer, False at end of input."""
+        if self.eof:
+            return False
+        if not self.queues[0].pending():
+            self.input_waiting = True
+            return None
+        self.read_input()
+        return not self.eof
+
+    def read_input(self) -> None:
+        vq = self.queues[0]
+        chain = vq.pop()
+        if chain is None:
+            self.input_waiting = True
+            return
+        try:
+            data = os.readv(self.in_fd, chain.writable)
+        except BlockingIOError:
+            data = 0
+        except OSError:
+            data = 0
+            self.eof = True
+        if data == 0 and not self.eof:
+            self.eof = True
+        vq.push(chain.head, data)
+        if data == 1 and bytes(chain.writable[0][:1]) == CTRL_C:
+            self.count_ctrl_c()
+        elif data:
+            self.ctrl_c.clear()
+
+    def count_ctrl_c(self) -> None:
+        now = time.monotonic()
+        self.ctrl_c = [t for t in self.ctrl_c if now - t < CTRL_C_WINDOW] + [now]
+        if len(self.ctrl_c) >= 3:
+            self.ctrl_c.clear()
+            self.on_interrupt()

@@ -1,0 +1,146 @@
+"""The split virtqueue in guest memory (lguest-abi.md §9.2).
+
+Layout at the ring's guest-physical base, for ``num`` entries:
+descriptors (16 bytes each), then the avail ring {flags, idx, ring[num]},
+then, at the next ``align`` boundary, the used ring {flags, idx,
+{id, len}[num]}.
+
+Everything the guest wrote is untrusted: a descriptor index past ``num``, a
+chain longer than the ring (a loop), an indirect table that is misaligned,
+nested or out of range, or a buffer outside guest memory raises
+``GuestFault`` with a reason naming the queue.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import GuestFault, GuestMemoryError
+from ..memory import GuestMemory
+
+VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT = 1, 2, 4
+VRING_AVAIL_F_NO_INTERRUPT = 1
+VRING_USED_F_NO_NOTIFY = 1
+DESC = struct.Struct("<QIHH")
+
+
+def vring_size(num: int, align: int) -> int:
+    used_at = (16 * num + 4 + 2 * num + 2 + align - 1) & ~(align - 1)
+    return used_at + 4 + 8 * num + 2
+
+
+@dataclass
+class Chain:
+    """One request: the head index and its buffers, in order."""
+    head: int
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(len(b) for b in self.writable)
+
+    def read_all(self) -> bytes:
+        return b"".join(bytes(b) for b in self.readable)
+
+
+class Vring:
+    def __init__(self, memory: GuestMemory, base: int, num: int, align: int, name: str) -> None:
+        if num == 0 or num & (num - 1) or num > 32768:
+            raise GuestFault(f"{name}: ring size {num} is not a power of two up to 32768")
+        self.memory, self.base, self.num, self.name = memory, base, num, name
+        self.desc = base
+        self.avail = base + 16 * num
+        self.used = (self.avail + 4 + 2 * num + 2 + align - 1) & ~(align - 1)
+        try:
+            memory.check(base, vring_size(num, align), f"{name} ring")
+        except GuestMemoryError as exc:
+            raise GuestFault(f"{name}: the ring does not fit in guest memory ({exc})") from None
+        self.last_avail = 0
+        self.used_since_irq = False
+
+    # -- taking requests -----------------------------------------------------------
+    def avail_idx(self) -> int:
+        return self.memory.u16(self.avail + 2)
+
+    def pending(self) -> bool:
+        return self.avail_idx() != self.last_avail
+
+    def pop(self) -> Chain | None:
+        """The next available chain, or None when the guest offered none."""
+        avail_idx = self.avail_idx()
+        if avail_idx == self.last_avail:
+            return None
+        if (avail_idx - self.last_avail) & 0xFFFF > self.num:
+            raise GuestFault(f"{self.name}: avail index moved {(avail_idx - self.last_avail) & 0xFFFF} "
+                             f"entries past a ring of {self.num}")
+        slot = self.last_avail % self.num
+        head = self.memory.u16(self.avail + 4 + 2 * slot)
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return self.walk(head)
+
+    def walk(self, head: int) -> Chain:
+        chain = Chain(head)
+        table, size, index = self.desc, self.num, head
+        indirect = False
+        for _ in range(self.num + 1):
+            if index >= size:
+                raise GuestFault(f"{self.name}: descriptor index {index} is past the "
+                                 f"{'indirect table' if indirect else 'ring'} ({size} entries)")
+            addr, length, flags, nxt = DESC.unpack(
+                self.memory.read(table + 16 * index, 16, f"{self.name} descriptor"))
+            if flags & VRING_DESC_F_INDIRECT:
+                if indirect:
+                    raise GuestFault(f"{self.name}: nested indirect descriptor table")
+                if length % 16 or length == 0:
+                    raise GuestFault(f"{self.name}: indirect table length {length} is not "
+                                     "a multiple of 16")
+                self._check(addr, length, "indirect table")
+                table, size, index, indirect = addr, length // 16, 0, True
+                continue
+            self._check(addr, length, "buffer")
+            view = self.memory.slice(addr, length)
+            if flags & VRING_DESC_F_WRITE:
+                chain.writable.append(view)
+            else:
+                if chain.writable:
+                    raise GuestFault(f"{self.name}: a readable buffer follows a writable one")
+                chain.readable.append(view)
+            if not flags & VRING_DESC_F_NEXT:
+                return chain
+            index = nxt
+        raise GuestFault(f"{self.name}: descriptor chain from {head} loops")
+
+    def _check(self, addr: int, length: int, what: str) -> None:
+        try:
+            self.memory.check(addr, length, what)
+        except GuestMemoryError:
+            raise GuestFault(f"{self.name}: {what} at {addr:#x} length {length} is outside "
+                             "guest memory") from None
+
+    # -- giving results back ----------------------------------------------------------
+    def push(self, head: int, written: int) -> None:
+        used_idx = self.memory.u16(self.used + 2)
+        at = self.used + 4 + 8 * (used_idx % self.num)
+        self.memory.set_u32(at, head)
+        self.memory.set_u32(at + 4, written)
+        # The element before the index: x86 keeps stores in order.
+        self.memory.set_u16(self.used + 2, (used_idx + 1) & 0xFFFF)
+        self.used_since_irq = True
+
+    def should_interrupt(self) -> bool:
+        """Interrupt only for new used entries, and not if the guest said not to."""
+        if not self.used_since_irq:
+            return False
+        self.used_since_irq = False
+        return not self.memory.u16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT
+
+    def set_no_notify(self, on: bool) -> None:
+        flags = self.memory.u16(self.used)
+        flags = flags | VRING_USED_F_NO_NOTIFY if on else flags & ~VRING_USED_F_NO_NOTIFY
+        self.memory.set_u16(self.used, flags)
+
+    def reset(self) -> None:
+        self.memory.write(self.base, bytes(self.used + 4 + 8 * self.num + 2 - self.base))
+        self.last_avail = 0
+        self.used_since_irq = False
