@@ -1,0 +1,131 @@
+/*
+ * main.c - kmain(): what lgk does, in order, once head.S has made
+ * LGUEST_INIT, switched to the boot page tables and jumped here.
+ */
+#include "lgk.h"
+
+#define FALLBACK_MEM (16u << 20)      /* same as head.S */
+#define TICK_NS      10000000u        /* the scheduler tick: 10 ms */
+
+extern u32 boot_params_pa;            /* head.S: the esi we started with */
+u32 mem_size;
+char cmdline[256];
+int mem_guessed;                      /* no e820 map: mem_size is a guess */
+
+#ifdef CONFIG_PAE
+#define PAGING "PAE"
+#else
+#define PAGING "non-PAE"
+#endif
+
+/* boot_params (lguest-abi.md §1.2): the Launcher fills in e820 entry 0 (all
+   of RAM) and a pointer to the command line. We read nothing else. */
+static void read_mem_size(void)
+{
+	const u8 *bp = __va(boot_params_pa);
+	u32 entries = bp[0x1E8];
+	u64 size = *(const u64 *)(bp + 0x2D8);
+	if (entries && size) {
+		mem_size = size > 0xFFFFF000u ? 0xFFFFF000u : (u32)size;
+	} else {
+		mem_size = FALLBACK_MEM;
+		mem_guessed = 1;
+	}
+}
+
+static void read_cmdline(void)
+{
+	const u8 *bp = __va(boot_params_pa);
+	u32 ptr = *(const u32 *)(bp + 0x228);
+	if (ptr && ptr < lowmem_end - sizeof(cmdline)) {
+		const char *src = __va(ptr);
+		u32 n = 0;
+		while (n < sizeof(cmdline) - 1 && src[n]) {
+			cmdline[n] = src[n];
+			n++;
+		}
+		cmdline[n] = 0;
+	}
+}
+
+/* The command line is words separated by spaces. */
+static const char *find_word(const char *word, size_t len, int with_value)
+{
+	const char *p = cmdline;
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		const char *start = p;
+		while (*p && *p != ' ')
+			p++;
+		size_t n = (size_t)(p - start);
+		if (with_value ? (n > len && !strncmp(start, word, len) && start[len] == '=')
+			       : (n == len && !strncmp(start, word, len)))
+			return start;
+	}
+	return NULL;
+}
+
+int cmdline_has(const char *word)
+{
+	return find_word(word, strlen(word), 0) != NULL;
+}
+
+const char *cmdline_value(const char *key)
+{
+	static char value[64];
+	size_t len = strlen(key), n = 0;
+	const char *w = find_word(key, len, 1);
+	if (!w)
+		return NULL;
+	for (w += len + 1; *w && *w != ' ' && n < sizeof(value) - 1; w++)
+		value[n++] = *w;
+	value[n] = 0;
+	return value;
+}
+
+void kmain(void)
+{
+	/* head.S made these two calls before C could count them. */
+	hcall_counts[LHCALL_LGUEST_INIT]++;
+	hcall_counts[LHCALL_NEW_PGTABLE]++;
+	kprintf("lgk: the lguest-on-KVM teaching kernel (" PAGING ")\n");
+
+	read_mem_size();
+	segments_init();                  /* GDT: kernel and user segments */
+	traps_init();                     /* IDT: exceptions, IRQs, int $0x80 */
+	mm_init();                        /* our own page tables for all of RAM */
+	read_cmdline();
+	timer_init();                     /* IRQ 0 unmasked */
+	sched_init();                     /* we are task 0 */
+	irq_enable();
+	tick_start(TICK_NS);
+
+	kprintf("lgk: %u MiB%s, reserve_mem %x, tsc %u kHz, command line \"%s\"\n",
+		mem_size >> 20, mem_guessed ? " (no e820 map: guessed)" : "",
+		lguest_data.reserve_mem, lguest_data.tsc_khz, cmdline);
+
+	const char *hostile = cmdline_value("hostile");
+	if (hostile) {
+		kprintf("lgk: hostile=%s is not implemented yet\n", hostile);
+		shutdown("lgk: hostile modes are not implemented yet", LGUEST_SHUTDOWN_POWEROFF);
+	}
+
+	int bench = cmdline_has("bench"), restart = cmdline_has("restart");
+	int failures = 0;
+	if (cmdline_has("selftest") || (!bench && !restart))
+		failures = selftest_run();
+	if (bench)
+		bench_run();
+	if (restart) {
+		kprintf("lgk: restarting\n");
+		shutdown("Restarting", LGUEST_SHUTDOWN_RESTART);
+	}
+	if (failures) {
+		static char msg[64];
+		snprintf(msg, sizeof(msg), "lgk: %d self-test%s failed", failures,
+			 failures == 1 ? "" : "s");
+		shutdown(msg, LGUEST_SHUTDOWN_POWEROFF);
+	}
+	shutdown("Power down", LGUEST_SHUTDOWN_POWEROFF);
+}
