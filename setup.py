@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from setuptools import setup
@@ -38,7 +39,7 @@ def assemble_switcher(out_path: str) -> None:
 
 
 def build_hello(out_path: str) -> None:
-    """The stand-in bundled guest: a freestanding i386 ELF loaded at 1 MiB."""
+    """A minimal guest: a freestanding i386 ELF loaded at 1 MiB."""
     try:
         subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-Wl,-Ttext=0x100000",
                         "-Wl,--build-id=none", "-o", out_path, HELLO_SRC], check=True)
@@ -46,8 +47,18 @@ def build_hello(out_path: str) -> None:
         raise SystemExit(f"building the bundled guest failed: {exc}") from exc
 
 
+def build_lgk(target_dir: str) -> None:
+    """The project's own guest kernel, the bundled default (images/README.md)."""
+    try:
+        subprocess.run([sys.executable, os.path.join(HERE, "images", "build.py"), target_dir],
+                       check=True, stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"building the bundled guest kernel failed: {exc}") from exc
+
+
 class BuildPyWithSwitcher(build_py):
-    """build_py that also produces launcher/data/{switcher,hello}.elf."""
+    """build_py that also produces launcher/data/: switcher.elf, the lgk
+    guest kernel images, and hello.elf (launcher-bench's hypercall loop)."""
 
     def run(self) -> None:
         super().run()
@@ -58,6 +69,7 @@ class BuildPyWithSwitcher(build_py):
         os.makedirs(target_dir, exist_ok=True)
         assemble_switcher(os.path.join(target_dir, "switcher.elf"))
         build_hello(os.path.join(target_dir, "hello.elf"))
+        build_lgk(target_dir)
 
 
 setup(

@@ -24,6 +24,9 @@ import sys
 from .kvm import ffi, lib
 from .loader import load_elf
 from .machine import Machine
+from .switcher import DATA_DIR
+
+HELLO_GUEST = os.path.join(DATA_DIR, "hello.elf")    # images/hello: a null-hypercall loop
 
 
 def exit_floors(n: int) -> tuple[float, float]:
@@ -53,10 +56,9 @@ def exit_floors(n: int) -> tuple[float, float]:
 def hypercall_cost(n: int) -> tuple[float, int]:
     """ns per null hypercall as the guest's rdtsc sees it, and the exits taken."""
     from .host import Host
-    from .run import BUNDLED_GUEST
     machine = Machine(16 << 20)
     try:
-        image = load_elf(machine.memory, BUNDLED_GUEST, want_symbols=True)
+        image = load_elf(machine.memory, HELLO_GUEST, want_symbols=True)
         machine.set_start(image.symbols["bench_hcall"], ebp=n)
         host = Host(machine)
         outcome = host.run()

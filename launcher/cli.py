@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import sys
+import time
 
 from .errors import UserError
 from .terminal import guest_owns_terminal, stdin_fd
@@ -143,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         status = kvm_ready(args)
         if status is not None:
             return status
+        deadline = time.monotonic() + args.timeout if args.timeout else None
         with guest_owns_terminal(config.stdin):
             while True:
                 try:
-                    outcome, host = boot_once(config)
+                    outcome, host = boot_once(config, deadline)
                 except OSError as exc:
                     raise UserError(str(exc)) from None
                 if args.stats:

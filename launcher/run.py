@@ -16,12 +16,14 @@ import mmap
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .host import Host, Outcome
 from .host.trace import ExitRecorder
 from .bootparams import load_kernel
+from .errors import UserError
 from .machine import Machine
 from .memory import GuestMemory
 from .virtio.block import Block
@@ -31,7 +33,7 @@ from .virtio.lguest_bus import LguestBus, pages_needed
 from .virtio.rng import Rng
 from .switcher import DATA_DIR
 
-BUNDLED_GUEST = os.path.join(DATA_DIR, "hello.elf")
+BUNDLED_GUEST = os.path.join(DATA_DIR, "lgk.bzImage")      # images/: the own guest
 
 
 @dataclass
@@ -64,7 +66,11 @@ def preflight(config: GuestConfig) -> None:
     load them into throwaway memory, which the kernel only touches sparsely."""
     for i, (path, ro) in enumerate(config.blocks):
         Block(path, ro, i).close()
-    scratch = mmap.mmap(-1, config.mem)
+    try:
+        scratch = mmap.mmap(-1, config.mem)
+    except OSError as exc:
+        raise UserError(f"cannot reserve {config.mem >> 20} MiB for the guest: "
+                        f"{exc.strerror}") from None
     memory = GuestMemory(scratch)
     try:
         load_kernel(memory, config.kernel, config.mem, config.cmdline, config.initrd)
@@ -73,7 +79,9 @@ def preflight(config: GuestConfig) -> None:
         scratch.close()
 
 
-def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
+def boot_once(config: GuestConfig, deadline: float | None = None) -> tuple[Outcome, Host]:
+    """One boot of the guest. ``deadline`` (time.monotonic()) bounds the whole
+    run across reboots; without one, ``config.timeout`` bounds this boot."""
     stop = []
     devices = config.devices(lambda: stop[0]("interrupted", "three ^C on the console"))
     bus = LguestBus(devices, early_console=config.console)
@@ -88,8 +96,10 @@ def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
         bus.install(host, config.mem)
         if config.stats or config.trace:
             host.recorder = ExitRecorder(open(config.trace, "w") if config.trace else None)
-        if config.timeout:
-            timer = threading.Timer(config.timeout, host.stop,
+        if deadline is None and config.timeout:
+            deadline = time.monotonic() + config.timeout
+        if deadline is not None:
+            timer = threading.Timer(max(0.0, deadline - time.monotonic()), host.stop,
                                     ("timeout", f"--timeout of {config.timeout:g}s expired"))
             timer.daemon = True
             timer.start()
@@ -105,7 +115,8 @@ def boot_once(config: GuestConfig) -> tuple[Outcome, Host]:
 
 
 def run_guest(config: GuestConfig) -> Outcome:
+    deadline = time.monotonic() + config.timeout if config.timeout else None
     while True:
-        outcome, _host = boot_once(config)
+        outcome, _host = boot_once(config, deadline)
         if outcome.kind != "restart" or not config.reboot:
             return outcome

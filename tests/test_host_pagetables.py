@@ -156,3 +156,14 @@ def test_pae_set_pgd_and_set_pmd_restore_the_switcher():
         h.pagetables.set_pgd(PDPT, 2)
     with pytest.raises(GuestFault, match="4 PDPT"):
         h.pagetables.set_pgd(PDPT, 4)
+
+
+def test_pdpt_entries_may_carry_the_accessed_bit_hardware_sets():
+    # Found by the own guest's PAE build: the nested-paging walker set A
+    # (0x20) in a live PDPT entry, and the next NEW_PGTABLE must accept it.
+    h, m = make()
+    pae_tables(m)
+    m.memory.set_u64(PDPT + 24, PMD3 | 0x21)
+    assert h.pagetables.looks_like_pdpt(PDPT)
+    h.pagetables.new_pgtable(PDPT)
+    assert h.pagetables.pae is True

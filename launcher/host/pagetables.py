@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 PAE_FRAME = 0x000FFFFFFFFFF000
-PAE_PDPT_FLAGS = 0x001            # a PAE PDPT entry carries nothing but P
+PAE_PDPT_FLAGS = 0x001            # a PAE PDPT entry carries nothing but P...
+PAE_PDPT_IGNORED = PTE_A          # ...but nested-paging hardware may set A in it
 SWITCHER_PDE = 1023               # non-PAE top-level slot of 0xFFC00000
 SWITCHER_PDPTE, SWITCHER_PMD = 3, 510   # PAE: PDPT[3] -> PMD[510]
 
@@ -51,8 +52,8 @@ class PageTables:
         a non-PAE page directory's first entries carry 0x067-style flags."""
         entries = [self.memory.u64(top + 8 * i, "page table") for i in range(4)]
         present = [e for e in entries if e]
-        return bool(present) and all(e & 0xFFF == PAE_PDPT_FLAGS and e >> 52 == 0
-                                     for e in present)
+        return bool(present) and all(e & 0xFFF & ~PAE_PDPT_IGNORED == PAE_PDPT_FLAGS
+                                     and e >> 52 == 0 for e in present)
 
     # -- hypercalls ------------------------------------------------------------
     def new_pgtable(self, top: int) -> None:
@@ -82,7 +83,7 @@ class PageTables:
             m.set_u32(top + 4 * SWITCHER_PDE, self.machine.switcher_pde(), "page directory")
 
     def check_pdpte(self, pdpte: int) -> None:
-        if pdpte & 0xFFF & ~PAE_PDPT_FLAGS or pdpte >> 52:
+        if pdpte & 0xFFF & ~(PAE_PDPT_FLAGS | PAE_PDPT_IGNORED) or pdpte >> 52:
             raise GuestFault(f"bad PAE PDPT entry {pdpte:#x}: only the present bit may be set")
         self.check_frame(pdpte & PAE_FRAME, pdpte)
 
