@@ -1,0 +1,39 @@
+"""The Python API for CI (launcher/api.py) on the bundled guest."""
+import os
+
+import pytest
+
+from kvm_support import require_kvm
+from launcher.api import Guest, GuestTimeout
+
+pytestmark = pytest.mark.kvm
+
+
+def test_expect_and_outcome():
+    require_kvm()
+    with Guest(mem="64M") as g:
+        m = g.expect(r"selftest: (\d+) passed, (\d+) failed", timeout=240)
+        assert m.group(2) == "0"
+        result = g.wait(timeout=120)
+    assert result.status == 0 and result.reason == ""
+    assert "selftest: hypercalls_all_used ok" in result.transcript
+
+
+def test_reason_and_status_of_a_crash():
+    require_kvm()
+    g = Guest(os.path.join(os.path.dirname(__file__), "..", "launcher", "data", "lgk.bzImage"),
+              args=["hostile=nonsense"])
+    with g:
+        result = g.wait(timeout=240)
+    assert result.status == 1
+    assert result.reason.startswith("launcher: guest ")
+
+
+def test_expect_gives_up_when_the_guest_has_ended():
+    require_kvm()
+    with Guest(extra=["--no-reboot"], kernel=os.path.join(
+            os.path.dirname(__file__), "..", "launcher", "data", "lgk.bzImage"),
+            args=["restart"]) as g:
+        with pytest.raises(GuestTimeout):
+            g.expect("this never appears", timeout=240)
+        assert g.wait().status == 3
