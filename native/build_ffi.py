@@ -168,30 +168,7 @@ struct kvm_run {
     ...;
 };
 
-struct shim_vcpu {
-    int fd;
-    struct kvm_run *run;
-    long run_size;
-    uint32_t kick_vector;
-    volatile int kick_pending;
-    volatile int thread_valid;
-    uint64_t vcpu_thread;
-    uint64_t kicks_injected;
-    uint64_t window_exits;
-    uint64_t eintr_exits;
-};
-
-long shim_open(const char *path);
-long shim_ioctl_int(int fd, unsigned long request, unsigned long arg);
-long shim_ioctl_ptr(int fd, unsigned long request, void *arg);
-long shim_vcpu_init(struct shim_vcpu *v, int fd, long run_size, uint32_t kick_vector);
-void shim_vcpu_fini(struct shim_vcpu *v);
-long shim_vcpu_run(struct shim_vcpu *v);
-void shim_vcpu_kick(struct shim_vcpu *v);
-void shim_vcpu_clear_kick(struct shim_vcpu *v);
-long shim_bench_exit_loop(struct shim_vcpu *v, long n, uint16_t port, uint64_t *elapsed_ns);
-uint64_t shim_bench_getppid(long n);
-uint64_t shim_monotonic_ns(void);
+%(SHIM_DECLARATIONS)s
 
 /* Views of the exit-specific union members, which cdef cannot name. */
 struct kvm_run_io *shim_run_io(struct kvm_run *run);
@@ -225,8 +202,20 @@ static uint64_t shim_run_fail_reason(struct kvm_run *run)
 { return run->fail_entry.hardware_entry_failure_reason; }
 """
 
+def shim_declarations() -> str:
+    """The shim's structs and prototypes, as kvm_shim.h declares them (the
+    block between its cffi-begin and cffi-end markers), so they are written
+    once."""
+    with open(os.path.join(HERE, "kvm_shim.h")) as f:
+        text = f.read()
+    begin = text.index("cffi-begin")
+    begin = text.index("\n", begin) + 1
+    end = text.rindex("/* cffi-end */")
+    return text[begin:end]
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(CDEF.replace("%(SHIM_DECLARATIONS)s", shim_declarations()))
 ffibuilder.set_source(
     "launcher._kvm",
     SOURCE,

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <linux/kvm.h>
 
+/* cffi-begin: native/build_ffi.py hands everything up to cffi-end to cffi. */
+
 /* Per-vCPU state the run loop and kick() share. */
 struct shim_vcpu {
     int fd;                       /* the vCPU file descriptor */
@@ -27,9 +29,6 @@ struct shim_vcpu {
     uint64_t window_exits;
     uint64_t eintr_exits;
 };
-
-/* Result codes of shim_vcpu_run besides a KVM exit reason (which are >= 0). */
-#define SHIM_RUN_SIGNAL   (-1000)  /* a signal that was not a kick: let Python run handlers */
 
 long shim_open(const char *path);
 long shim_ioctl_int(int fd, unsigned long request, unsigned long arg);
@@ -46,5 +45,10 @@ long shim_bench_exit_loop(struct shim_vcpu *v, long n, uint16_t port, uint64_t *
 /* getppid() n times, timed in C: the host system-call floor. */
 uint64_t shim_bench_getppid(long n);
 uint64_t shim_monotonic_ns(void);
+
+/* cffi-end */
+
+/* Result codes of shim_vcpu_run besides a KVM exit reason (which are >= 0). */
+#define SHIM_RUN_SIGNAL   (-1000)  /* a signal that was not a kick: let Python run handlers */
 
 #endif

@@ -143,8 +143,9 @@ def test_fault_inside_the_switcher_kills_with_a_message(guest_elf, register, wha
     h = Harness(guest_elf, "corrupt")
 
     def corrupt(*_: int) -> None:
-        # A selector past the GDT's limit: popping it faults at ring 0.
-        h.host.regs[REG_NAMES.index(register)] = 0xFFF8
+        # GDT entry 20 is empty: a selector the Host lets through (it names
+        # no Host segment) but the CPU refuses when the Switcher pops it.
+        h.host.regs[REG_NAMES.index(register)] = 0xA3
 
     h.host.hypercalls[TEST_CORRUPT] = corrupt
     outcome = h.run()

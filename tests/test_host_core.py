@@ -101,6 +101,23 @@ def test_resume_refuses_ring_0_or_mismatched_rings(cs, ss):
         h.validate_frame()
 
 
+@pytest.mark.parametrize("reg,value", [("ds", 0x50), ("es", 0x5B), ("fs", 0x80), ("gs", 0xFB),
+                                       ("ds", 0x100), ("fs", 0x7F)])
+def test_resume_refuses_host_or_out_of_range_selectors(reg, value):
+    from launcher.switcher import REG_NAMES
+    h = make_host()
+    h.regs[REG_NAMES.index(reg)] = value
+    with pytest.raises(GuestFault, match=f"{reg} {value:#x}"):
+        h.validate_frame()
+
+
+def test_resume_accepts_null_and_guest_selectors():
+    from launcher.switcher import DS, ES, FS, GS
+    h = make_host()
+    h.regs[DS], h.regs[ES], h.regs[FS], h.regs[GS] = 0x7B, 0x68, 0xD8, 0x3
+    h.validate_frame()
+
+
 def test_resume_forces_if_on_and_iopl_vm_off():
     h = make_host()
     h.regs[CS], h.regs[SS], h.regs[EFLAGS] = 0x73, 0x7B, 0x23002
@@ -147,3 +164,35 @@ def test_launcher_can_claim_ports():
     assert r[EAX] == 0x42
     h.handle_trap()
     assert seen == [(0x70, 1, 0x42)]
+
+
+@pytest.mark.parametrize("number", [3, 11, 12, 20, 64, 0xFFFFFFFF])
+def test_unused_hypercall_numbers_kill(number):
+    h = make_host()
+    h.memory.write(LDATA + 24, b"\xff" * 64)
+    hypercall(h, H.LHCALL_LGUEST_INIT, LDATA)
+    with pytest.raises(GuestFault, match=f"unknown hypercall {number}"):
+        hypercall(h, number)
+    h.shutdown()
+
+
+def test_every_abi_hypercall_has_a_handler():
+    h = make_host()
+    assert set(h.hypercalls) == set(H.NAMES)
+    h.shutdown()
+
+
+def test_clock_event_raises_irq0_once_and_can_be_cancelled():
+    import time
+    h = make_host()
+    h.memory.write(LDATA + 24, b"\xff" * 64)
+    hypercall(h, H.LHCALL_LGUEST_INIT, LDATA)
+    hypercall(h, H.LHCALL_SET_CLOCKEVENT, 20_000_000)        # 20 ms
+    time.sleep(0.2)
+    assert h.interrupts.pending == 1 and h.clock.expiries == 1
+    h.interrupts.pending = 0
+    hypercall(h, H.LHCALL_SET_CLOCKEVENT, 50_000_000)
+    hypercall(h, H.LHCALL_SET_CLOCKEVENT, 0)                  # cancel
+    time.sleep(0.2)
+    assert h.interrupts.pending == 0 and h.clock.expiries == 1
+    h.shutdown()

@@ -21,8 +21,8 @@ from typing import Callable
 from ..errors import GuestFault
 from ..kvm import EXIT_NAMES, lib
 from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY, X86_EFLAGS_IF, Machine
-from ..switcher import (CS, EAX, EBX, ECX, EDX, EFLAGS, EIP, ERRCODE, ESI, SS, TRAPNUM,
-                        PAGE)
+from ..switcher import (CS, DS, EAX, EBX, ECX, EDX, EFLAGS, EIP, ERRCODE, ES, ESI, FS, GS,
+                        SS, TRAPNUM, PAGE)
 from . import hypercalls as H
 from .asyncring import AsyncRing
 from .interrupts import Interrupts
@@ -37,6 +37,14 @@ from .traps import Traps
 LGUEST_SHUTDOWN_POWEROFF, LGUEST_SHUTDOWN_RESTART = 1, 2
 X86_EFLAGS_IOPL = 0x3000
 X86_EFLAGS_VM = 0x20000
+# Selectors the guest may hold in ds/es/fs/gs: null, or a GDT entry that is
+# not one of the Host's own (lguest-abi.md §2.1). Whether the descriptor
+# there is usable is the CPU's to say: a bad one faults in the Switcher,
+# which reports it (switcher_fault_message).
+_HOST_GDT_ENTRIES = (10, 11, 16, 31)
+VALID_DATA_SELECTORS = frozenset(
+    sel for sel in range(0x10000)
+    if sel < 4 or (sel >> 3 < 32 and not sel & 4 and sel >> 3 not in _HOST_GDT_ENTRIES))
 
 
 @dataclass
@@ -169,13 +177,19 @@ class Host:
         self.interrupts.deliver()
 
     def validate_frame(self) -> None:
-        """Never iret into anything but ring 1 or 3 with IF on and IOPL 0."""
+        """Never iret into anything but ring 1 or 3 with IF on and IOPL 0,
+        and never restore a selector that names the Host's segments."""
         r = self.regs
         cs, ss = r[CS], r[SS]
         rpl = cs & 3
         if rpl not in (1, 3) or (ss & 3) != rpl:
             raise GuestFault(f"refusing to resume the guest with cs {cs:#x} ss {ss:#x}")
         r[EFLAGS] = (r[EFLAGS] | X86_EFLAGS_IF) & ~(X86_EFLAGS_IOPL | X86_EFLAGS_VM)
+        valid = VALID_DATA_SELECTORS
+        if r[DS] not in valid or r[ES] not in valid or r[FS] not in valid or r[GS] not in valid:
+            for name, i in (("ds", DS), ("es", ES), ("fs", FS), ("gs", GS)):
+                if r[i] not in valid:
+                    raise GuestFault(f"refusing to resume the guest with {name} {r[i]:#x}")
 
     def handle_trap(self) -> None:
         trapnum = self.regs[TRAPNUM]

@@ -75,11 +75,11 @@ class Block(Device):
         status, written = VIRTIO_BLK_S_OK, 0
         try:
             if type_ == VIRTIO_BLK_T_IN:
-                written = self._read(sector, data_out)
+                written = self._transfer(os.preadv, sector, data_out)
                 if written is None:
                     status, written = VIRTIO_BLK_S_IOERR, 0
             elif type_ == VIRTIO_BLK_T_OUT:
-                if self.readonly or not self._write(sector, data_in):
+                if self.readonly or self._transfer(os.pwritev, sector, data_in) is None:
                     status = VIRTIO_BLK_S_IOERR
             elif type_ == VIRTIO_BLK_T_FLUSH:
                 if not self.readonly:
@@ -97,23 +97,16 @@ class Block(Device):
     def _in_range(self, sector: int, length: int) -> bool:
         return sector * SECTOR + length <= self.size and sector < (1 << 55)
 
-    def _read(self, sector: int, bufs: list[memoryview]) -> int | None:
+    def _transfer(self, io, sector: int, bufs: list[memoryview]) -> int | None:
+        """preadv or pwritev all of ``bufs`` at ``sector``; None (an I/O error
+        for the guest) when that would reach past the end of the file."""
         length = sum(len(b) for b in bufs)
         if not self._in_range(sector, length):
             return None
-        done = os.preadv(self.fd, bufs, sector * SECTOR) if bufs else 0
+        done = io(self.fd, bufs, sector * SECTOR) if bufs else 0
         if done != length:
-            raise OSError("short read")
+            raise OSError("short transfer")
         return done
-
-    def _write(self, sector: int, bufs: list[memoryview]) -> bool:
-        length = sum(len(b) for b in bufs)
-        if not self._in_range(sector, length):
-            return False
-        done = os.pwritev(self.fd, bufs, sector * SECTOR) if bufs else 0
-        if done != length:
-            raise OSError("short write")
-        return True
 
     def stop(self) -> None:
         if not self.readonly:

@@ -14,6 +14,20 @@
         .set LHCALL_LOAD_IDT_ENTRY, 6
         .set LHCALL_FLUSH_ASYNC, 0
 
+/* LOAD_IDT_ENTRY(vector, a gate to handler): flags are the gate's high
+   half below the address (0x8e00 interrupt gate DPL 0, 0xef00 trap DPL 3). */
+        .macro LOAD_GATE vector, handler, flags
+        movl $LHCALL_LOAD_IDT_ENTRY, %eax
+        movl $\vector, %ebx
+        movl $\handler, %ecx
+        andl $0xffff, %ecx
+        orl $0x00610000, %ecx
+        movl $\handler, %edx
+        andl $0xffff0000, %edx
+        orl $\flags, %edx
+        int $0x1f
+        .endm
+
 /* Every scenario starts here: a stack, then LGUEST_INIT as a real guest does. */
         .macro START
         movl $stack_top, %esp
@@ -86,15 +100,7 @@ pf_insn:
 syscall_loop:
         START
         /* A trap gate, DPL 3, for vector 0x80: the Host may send it direct. */
-        movl $LHCALL_LOAD_IDT_ENTRY, %eax
-        movl $0x80, %ebx
-        movl $sys_handler, %ecx
-        andl $0xffff, %ecx
-        orl $0x00610000, %ecx
-        movl $sys_handler, %edx
-        andl $0xffff0000, %edx
-        orl $0xef00, %edx
-        int $0x1f
+        LOAD_GATE 0x80, sys_handler, 0xef00
         xorl %edi, %edi
 1:      int $0x80
         cmpl %ebp, %edi
@@ -111,15 +117,7 @@ sys_handler:
 deliver_ud:
         START
         /* An interrupt gate for #UD: always through the Host, never direct. */
-        movl $LHCALL_LOAD_IDT_ENTRY, %eax
-        movl $6, %ebx
-        movl $ud_handler, %ecx
-        andl $0xffff, %ecx
-        orl $0x00610000, %ecx
-        movl $ud_handler, %edx
-        andl $0xffff0000, %edx
-        orl $0x8e00, %edx
-        int $0x1f
+        LOAD_GATE 6, ud_handler, 0x8e00
 ud_insn:
         ud2
         jmp fail
@@ -255,15 +253,7 @@ paging:
         jne fail
 remap_done:
         /* A trap with the new tables: the Host must walk them to push. */
-        movl $LHCALL_LOAD_IDT_ENTRY, %eax
-        movl $6, %ebx
-        movl $ud_handler, %ecx
-        andl $0xffff, %ecx
-        orl $0x00610000, %ecx
-        movl $ud_handler, %edx
-        andl $0xffff0000, %edx
-        orl $0x8e00, %edx
-        int $0x1f
+        LOAD_GATE 6, ud_handler, 0x8e00
         ud2
         jmp fail
 
@@ -364,15 +354,7 @@ held_back:
         jmp fail
 
 install_timer:
-        movl $LHCALL_LOAD_IDT_ENTRY, %eax
-        movl $32, %ebx
-        movl $timer_handler, %ecx
-        andl $0xffff, %ecx
-        orl $0x00610000, %ecx
-        movl $timer_handler, %edx
-        andl $0xffff0000, %edx
-        orl $0x8e00, %edx
-        int $0x1f
+        LOAD_GATE 32, timer_handler, 0x8e00
         movl $noirq_start, lguest_data + LD_NOIRQ_START
         movl $noirq_end, lguest_data + LD_NOIRQ_END
         movl $0, lguest_data + LD_BLOCKED
