@@ -95,10 +95,14 @@ def read_image(path: str) -> bytes:
 
 
 def load_kernel(memory: GuestMemory, path: str, mem: int, cmdline: str = "",
-                initrd: str | None = None) -> BootInfo:
+                initrd: str | None = None, *, data: bytes | None = None,
+                initrd_data: bytes | None = None) -> BootInfo:
     """Load a kernel, zero page, command line and initrd; ``mem`` is the
-    RAM the guest's e820 reports (guest memory may extend past it)."""
-    data = read_image(path)
+    RAM the guest's e820 reports (guest memory may extend past it). The
+    files are read unless their bytes are given (a launcher that rebooted
+    after chroot can no longer open them)."""
+    if data is None:
+        data = read_image(path)
     if data[:4] == b"\x7fELF":
         info = _load_elf(memory, path, data, mem)
         header = b""
@@ -108,7 +112,7 @@ def load_kernel(memory: GuestMemory, path: str, mem: int, cmdline: str = "",
         raise UserError(f"{path} is neither a bzImage nor an ELF kernel image")
     initrd_at, initrd_size = mem, 0
     if initrd is not None:
-        blob = read_image(initrd)
+        blob = initrd_data if initrd_data is not None else read_image(initrd)
         initrd_size = align_up(len(blob))
         initrd_at = mem - initrd_size
         if initrd_at < info.kernel_end:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
-import time
+from contextlib import contextmanager
 
 from .errors import UserError
+from .run import Session
 from .terminal import guest_owns_terminal, stdin_fd
 
 EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART = 0, 1, 2, 3
@@ -72,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-testbed", action="store_true",
                    help="where this host's KVM cannot run lguest guests, stop instead of "
                         "re-running inside the testbed VM")
+    p.add_argument("--user", "-u", metavar="USER",
+                   help="after setting up, run as USER (name or uid); needs root")
+    p.add_argument("--chroot", metavar="DIR",
+                   help="after setting up, chroot into DIR; needs root")
     p.add_argument("--verbose", "-v", action="store_true", help="say what the launcher does")
     return p
 
@@ -120,39 +126,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     normalise_legacy(args)
+    session = None
     try:
-        mem = parse_size(args.mem)
-        if not MIN_MEM <= mem <= MAX_MEM:
-            raise UserError(f"--mem {args.mem} is out of range "
-                            f"({MIN_MEM >> 20}M to {MAX_MEM >> 30}G)")
-        if mem % 4096:
-            raise UserError(f"--mem {args.mem} is not a whole number of 4 KiB pages")
-        from .run import BUNDLED_GUEST, GuestConfig, boot_once, preflight
-        kernel = args.kernel or BUNDLED_GUEST
-        for what, path in (("kernel", kernel), ("initrd", args.initrd)):
-            if path is not None and not os.path.exists(path):
-                raise UserError(f"{path}: no such file (the {what})")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds")
-        cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
-        config = GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
-                             reboot=not args.no_reboot, pae=args.pae,
-                             timeout=args.timeout, stats=args.stats, trace=args.trace,
-                             blocks=[parse_block(b) for b in args.block], rng=args.rng,
-                             stdin=stdin_fd())
-        preflight(config)
+        config = make_config(args)
+        pw = lookup_user(args.user)
+        if args.chroot and not os.path.isdir(args.chroot):
+            raise UserError(f"--chroot {args.chroot}: no such directory")
+        session = Session(config)       # reads the images, opens the disks
+        session.check()
         status = kvm_ready(args)
         if status is not None:
+            session.close()
             return status
-        deadline = time.monotonic() + args.timeout if args.timeout else None
-        with guest_owns_terminal(config.stdin):
+        session.open_kvm()              # /dev/kvm and the Switcher image, while we can
+        drop_privileges(pw, args.chroot)
+        with guest_owns_terminal(config.stdin), sigterm_interrupts():
             while True:
-                try:
-                    outcome, host = boot_once(config, deadline)
-                except OSError as exc:
-                    raise UserError(str(exc)) from None
+                outcome = session.boot()
                 if args.stats:
-                    print(host.recorder.table(), file=sys.stderr)
+                    print(session.recorder.table(), file=sys.stderr)
                 if outcome.kind != "restart" or not config.reboot:
                     break
                 if args.verbose:
@@ -163,8 +155,80 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return EXIT_INTERRUPTED
+    finally:
+        if session is not None:
+            session.close()
+    return report(outcome, args.verbose)
+
+
+def make_config(args: argparse.Namespace) -> "GuestConfig":
+    from .run import BUNDLED_GUEST, GuestConfig
+    mem = parse_size(args.mem)
+    if not MIN_MEM <= mem <= MAX_MEM:
+        raise UserError(f"--mem {args.mem} is out of range "
+                        f"({MIN_MEM >> 20}M to {MAX_MEM >> 30}G)")
+    if mem % 4096:
+        raise UserError(f"--mem {args.mem} is not a whole number of 4 KiB pages")
+    kernel = args.kernel or BUNDLED_GUEST
+    for what, path in (("kernel", kernel), ("initrd", args.initrd)):
+        if path is not None and not os.path.exists(path):
+            raise UserError(f"{path}: no such file (the {what})")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
+    return GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
+                       reboot=not args.no_reboot, pae=args.pae, timeout=args.timeout,
+                       stats=args.stats, trace=args.trace,
+                       blocks=[parse_block(b) for b in args.block], rng=args.rng,
+                       stdin=stdin_fd())
+
+
+def lookup_user(user: str | None):
+    """The passwd entry for --user (a name or a uid), looked up before any
+    chroot hides /etc/passwd."""
+    if not user:
+        return None
+    import pwd
+    try:
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise UserError(f"--user {user}: no such user") from None
+
+
+def drop_privileges(pw, chroot: str | None) -> None:
+    """After everything is open: chroot, then give up root (lguest's
+    --chroot and --username, in that order)."""
+    if chroot:
+        try:
+            os.chroot(chroot)
+            os.chdir("/")
+        except OSError as exc:
+            raise UserError(f"--chroot {chroot}: {exc.strerror}") from None
+    if pw is not None:
+        try:
+            os.initgroups(pw.pw_name, pw.pw_gid)
+            os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+            os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+        except PermissionError:
+            raise UserError(f"--user {pw.pw_name}: only root can change user") from None
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM stops the guest the way ^C does: a clean stop, status 130."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def report(outcome, verbose: bool) -> int:
+    """The exit status for an outcome, with its one line on stderr."""
     if outcome.kind == "poweroff":
-        if args.verbose:
+        if verbose:
             say("guest powered off")
         return EXIT_POWEROFF
     if outcome.kind == "restart":

@@ -256,10 +256,12 @@ class Machine:
         for name, value in regs.items():
             r[REG_NAMES.index(name)] = value & 0xFFFFFFFF
 
-    def close(self) -> None:
+    def close(self, keep_kvm: bool = False) -> None:
+        """Release the VM; ``keep_kvm`` leaves /dev/kvm open for the next boot."""
         self.vcpu.close()
         self.vm.close()
-        self.kvm.close()
+        if not keep_kvm:
+            self.kvm.close()
 
 
 def _flat(seg, selector: int, type_: int) -> None:

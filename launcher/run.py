@@ -1,11 +1,12 @@
 """Putting a guest together and running it: the Launcher's core.
 
-``GuestConfig`` says what to boot; ``run_guest`` builds the Machine, loads
-the image, wires the Host to the Launcher's side (the early console for now;
-devices arrive with the lguest bus) and runs until the guest ends, rebooting
-in place when the guest asks and the config allows.
+``GuestConfig`` says what to boot. A ``Session`` holds what lives across
+reboots (the images, the devices and their files, /dev/kvm); each boot
+builds a fresh Machine, loads the kernel, puts the lguest bus in front of the
+devices, and runs the Host until the guest ends, rebooting in place when the
+guest asks and the config allows.
 
-This is also the Python API for CI scripts:
+In-process use (the CLI's; launcher/api.py runs the command instead):
 
     from launcher.run import GuestConfig, run_guest
     outcome = run_guest(GuestConfig(kernel="vmlinux", mem=64 << 20))
@@ -22,7 +23,8 @@ from typing import BinaryIO
 
 from .host import Host, Outcome
 from .host.trace import ExitRecorder
-from .bootparams import load_kernel
+from .bootparams import load_kernel, read_image
+from .kvm import Kvm
 from .errors import UserError
 from .machine import Machine
 from .memory import GuestMemory
@@ -31,7 +33,7 @@ from .virtio.console import Console
 from .virtio.device import Device
 from .virtio.lguest_bus import LguestBus, pages_needed
 from .virtio.rng import Rng
-from .switcher import DATA_DIR
+from .switcher import DATA_DIR, load_image
 
 BUNDLED_GUEST = os.path.join(DATA_DIR, "lgk.bzImage")      # images/: the own guest
 
@@ -61,62 +63,105 @@ class GuestConfig:
         return devs
 
 
-def preflight(config: GuestConfig) -> None:
-    """Check the kernel and initrd before any VM exists (or a testbed boots):
-    load them into throwaway memory, which the kernel only touches sparsely."""
-    for i, (path, ro) in enumerate(config.blocks):
-        Block(path, ro, i).close()
-    try:
-        scratch = mmap.mmap(-1, config.mem)
-    except OSError as exc:
-        raise UserError(f"cannot reserve {config.mem >> 20} MiB for the guest: "
-                        f"{exc.strerror}") from None
-    memory = GuestMemory(scratch)
-    try:
-        load_kernel(memory, config.kernel, config.mem, config.cmdline, config.initrd)
-    finally:
-        memory.view.release()
-        scratch.close()
+class Session:
+    """What lives across reboots: the kernel and initrd bytes, the devices
+    and their files, /dev/kvm, the exit recorder. Each ``boot`` builds a
+    fresh VM from them; ``run`` reboots in place until the guest ends."""
 
-
-def boot_once(config: GuestConfig, deadline: float | None = None) -> tuple[Outcome, Host]:
-    """One boot of the guest. ``deadline`` (time.monotonic()) bounds the whole
-    run across reboots; without one, ``config.timeout`` bounds this boot."""
-    stop = []
-    devices = config.devices(lambda: stop[0]("interrupted", "three ^C on the console"))
-    bus = LguestBus(devices, early_console=config.console)
-    machine = Machine(config.mem, device_pages=pages_needed(devices))
-    timer = None
-    try:
-        boot = load_kernel(machine.memory, config.kernel, config.mem, config.cmdline,
-                           config.initrd)
-        machine.set_start(boot.entry)
-        host = Host(machine, layout=boot.layout, pae=config.pae)
-        stop.append(host.stop)
-        bus.install(host, config.mem)
+    def __init__(self, config: GuestConfig) -> None:
+        self.config = config
+        self.kernel = read_image(config.kernel)
+        self.initrd = read_image(config.initrd) if config.initrd else None
+        self.host: Host | None = None
+        self.devices = config.devices(self.console_interrupt)
+        self.kvm: Kvm | None = None
+        self.recorder: ExitRecorder | None = None
         if config.stats or config.trace:
-            host.recorder = ExitRecorder(open(config.trace, "w") if config.trace else None)
-        if deadline is None and config.timeout:
-            deadline = time.monotonic() + config.timeout
-        if deadline is not None:
-            timer = threading.Timer(max(0.0, deadline - time.monotonic()), host.stop,
-                                    ("timeout", f"--timeout of {config.timeout:g}s expired"))
-            timer.daemon = True
-            timer.start()
-        return host.run(), host
-    finally:
-        if timer is not None:
-            timer.cancel()
-        bus.shutdown()
-        for dev in devices:
+            try:
+                trace = open(config.trace, "w") if config.trace else None
+            except OSError as exc:
+                self.close()
+                raise UserError(f"--trace {config.trace}: {exc.strerror}") from None
+            self.recorder = ExitRecorder(trace)
+        self.deadline = time.monotonic() + config.timeout if config.timeout else None
+
+    def console_interrupt(self) -> None:
+        if self.host is not None:
+            self.host.stop("interrupted", "three ^C on the console")
+
+    def check(self) -> None:
+        """Load the kernel and initrd into throwaway memory (which the kernel
+        touches only sparsely), so input errors surface before any VM or
+        testbed boots."""
+        c = self.config
+        try:
+            scratch = mmap.mmap(-1, c.mem)
+        except OSError as exc:
+            raise UserError(f"cannot reserve {c.mem >> 20} MiB for the guest: "
+                            f"{exc.strerror}") from None
+        memory = GuestMemory(scratch)
+        try:
+            self._load(memory)
+        finally:
+            memory.view.release()
+            scratch.close()
+
+    def _load(self, memory: GuestMemory):
+        c = self.config
+        return load_kernel(memory, c.kernel, c.mem, c.cmdline, c.initrd,
+                           data=self.kernel, initrd_data=self.initrd)
+
+    def open_kvm(self) -> None:
+        """/dev/kvm and the Switcher image: everything a boot opens by path,
+        so the launcher can chroot and drop root afterwards."""
+        load_image()
+        if self.kvm is None:
+            self.kvm = Kvm()
+
+    def boot(self) -> Outcome:
+        c = self.config
+        self.open_kvm()
+        bus = LguestBus(self.devices, early_console=c.console)
+        machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm)
+        timer = None
+        try:
+            boot = self._load(machine.memory)
+            machine.set_start(boot.entry)
+            host = self.host = Host(machine, layout=boot.layout, pae=c.pae)
+            bus.install(host, c.mem)
+            host.recorder = self.recorder
+            if self.deadline is not None:
+                timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), host.stop,
+                                        ("timeout", f"--timeout of {c.timeout:g}s expired"))
+                timer.daemon = True
+                timer.start()
+            return host.run()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            bus.shutdown()
+            machine.close(keep_kvm=True)
+
+    def run(self) -> Outcome:
+        while True:
+            outcome = self.boot()
+            if outcome.kind != "restart" or not self.config.reboot:
+                return outcome
+
+    def close(self) -> None:
+        for dev in self.devices:
             if isinstance(dev, Block):
                 dev.close()
-        machine.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
 
 
 def run_guest(config: GuestConfig) -> Outcome:
-    deadline = time.monotonic() + config.timeout if config.timeout else None
-    while True:
-        outcome, _host = boot_once(config, deadline)
-        if outcome.kind != "restart" or not config.reboot:
-            return outcome
+    session = Session(config)
+    try:
+        return session.run()
+    finally:
+        session.close()

@@ -6,7 +6,6 @@ When stdin is a terminal, ISIG, ICANON and ECHO are cleared so every key,
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import termios
 from contextlib import contextmanager
@@ -22,25 +21,11 @@ def guest_owns_terminal(fd: int | None) -> Iterator[None]:
     raw = termios.tcgetattr(fd)
     raw[3] &= ~(termios.ISIG | termios.ICANON | termios.ECHO)
     raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0
-    old_term = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):      # restore the terminal on SIGTERM too
-        raise KeyboardInterrupt
-
     try:
         termios.tcsetattr(fd, termios.TCSADRAIN, raw)
-        if threading_main():
-            signal.signal(signal.SIGTERM, on_term)
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        if threading_main():
-            signal.signal(signal.SIGTERM, old_term)
-
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def stdin_fd() -> int | None:

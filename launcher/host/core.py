@@ -159,8 +159,7 @@ class Host:
         if self.clock is not None:
             self.clock.stop()
             self.clock = None
-        if self.recorder is not None and self.recorder.trace is not None:
-            self.recorder.close()
+
 
     def stop(self, kind: str, message: str) -> None:
         """From another thread: end the run at the next exit."""

@@ -34,6 +34,10 @@ class Console(Device):
         self.eof = False
         self.output = bytearray() if out is None else None
 
+    def start(self, queues) -> None:
+        super().start(queues)
+        self.input_waiting = False       # a reboot starts with fresh rings
+
     def extra_fds(self) -> list[int]:
         return [] if self.in_fd is None else [self.in_fd]
 
