@@ -43,7 +43,8 @@ class GuestTimeout(AssertionError):
 class Guest:
     def __init__(self, kernel: str | None = None, *, mem: str = "64M", append: str = "",
                  args: Sequence[str] = (), initrd: str | None = None,
-                 block: Sequence[str] = (), rng: bool = False, pae: bool | None = None,
+                 block: Sequence[str] = (), rng: bool = False, tunnet: Sequence[str] = (),
+                 pae: bool | None = None,
                  timeout: float | None = None, extra: Sequence[str] = ()) -> None:
         argv = [sys.executable, "-m", "launcher", "--mem", mem]
         if append:
@@ -52,6 +53,8 @@ class Guest:
             argv += ["--initrd", initrd]
         for b in block:
             argv += ["--block", b]
+        for t in tunnet:
+            argv += ["--tunnet", t]
         if rng:
             argv.append("--rng")
         if pae is not None:

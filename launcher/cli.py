@@ -55,9 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initrd", metavar="FILE", help="initial ramdisk for the guest")
     p.add_argument("--append", metavar="TEXT", default="",
                    help="guest kernel command line (GUEST ARGS are appended to it)")
-    p.add_argument("--block", action="append", default=[], metavar="FILE[,ro]",
+    p.add_argument("--block", action=AddDevice, metavar="FILE[,ro]",
                    help="a virtio disk backed by FILE (repeatable; ,ro for read-only)")
-    p.add_argument("--rng", action="store_true", help="a virtio rng fed from /dev/urandom")
+    p.add_argument("--tunnet", action=AddDevice, metavar="IP[:MAC]|bridge:BR[:MAC]",
+                   help="a virtio network card on a new tap device whose host side gets IP "
+                        "(a /24), or joins bridge BR (repeatable; needs root)")
+    p.add_argument("--rng", action=AddDevice, nargs=0,
+                   help="a virtio rng fed from the host's /dev/urandom")
     p.add_argument("--no-reboot", action="store_true",
                    help="exit with status 3 when the guest reboots, instead of restarting it")
     p.add_argument("--stats", action="store_true",
@@ -80,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after setting up, chroot into DIR; needs root")
     p.add_argument("--verbose", "-v", action="store_true", help="say what the launcher does")
     return p
+
+
+class AddDevice(argparse.Action):
+    """--block, --tunnet and --rng share one list, so devices keep the order
+    of the command line, as lguest's did."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kind = {"tunnet": "net"}.get(self.dest, self.dest)
+        devices = list(getattr(namespace, "devices", None) or [])
+        devices.append((kind, values if kind != "rng" else None))
+        namespace.devices = devices
 
 
 def normalise_legacy(args: argparse.Namespace) -> None:
@@ -179,7 +194,8 @@ def make_config(args: argparse.Namespace) -> "GuestConfig":
     return GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
                        reboot=not args.no_reboot, pae=args.pae, timeout=args.timeout,
                        stats=args.stats, trace=args.trace,
-                       blocks=[parse_block(b) for b in args.block], rng=args.rng,
+                       devices_spec=[(k, parse_block(v) if k == "block" else v)
+                                     for k, v in (getattr(args, "devices", None) or [])],
                        stdin=stdin_fd())
 
 

@@ -32,6 +32,7 @@ from .virtio.block import Block
 from .virtio.console import Console
 from .virtio.device import Device
 from .virtio.lguest_bus import LguestBus, pages_needed
+from .virtio.net import Net
 from .virtio.rng import Rng
 from .switcher import DATA_DIR, load_image
 
@@ -49,16 +50,29 @@ class GuestConfig:
     timeout: float | None = None     # seconds; the run ends as "timeout"
     stats: bool = False              # count and time exits by kind
     trace: str | None = None         # Chrome trace-event JSON of every exit
-    blocks: list[tuple[str, bool]] = field(default_factory=list)   # (path, read-only)
-    rng: bool = False
+    # Devices in command-line order: ("block", (path, read-only)), ("net", spec), ("rng", None)
+    devices_spec: list[tuple[str, object]] = field(default_factory=list)
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stdin: int | None = None         # the console's input descriptor, if any
 
     def devices(self, on_interrupt) -> list[Device]:
         """The lguest bus devices in command-line order, console last (G2)."""
-        devs: list[Device] = [Block(path, ro, i) for i, (path, ro) in enumerate(self.blocks)]
-        if self.rng:
-            devs.append(Rng())
+        devs: list[Device] = []
+        try:
+            for kind, arg in self.devices_spec:
+                n = sum(1 for d in devs if d.type == {"block": Block.type, "net": Net.type,
+                                                      "rng": Rng.type}[kind])
+                if kind == "block":
+                    path, ro = arg
+                    devs.append(Block(path, ro, n))
+                elif kind == "net":
+                    devs.append(Net(arg, n))
+                else:
+                    devs.append(Rng())
+        except Exception:
+            for d in devs:
+                d.close()
+            raise
         devs.append(Console(self.console, self.stdin, on_interrupt))
         return devs
 
@@ -150,8 +164,7 @@ class Session:
 
     def close(self) -> None:
         for dev in self.devices:
-            if isinstance(dev, Block):
-                dev.close()
+            dev.close()
         if self.recorder is not None:
             self.recorder.close()
         if self.kvm is not None:

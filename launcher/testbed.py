@@ -75,6 +75,9 @@ WANTED_MODULES = (
     "virtio_console",   # virtio-serial ports: stdin/stdout/stderr/status
     "9pnet_virtio",     # 9p over virtio...
     "9p",               # ...and the filesystem (pulls netfs, fscache)
+    "tun",              # tap devices for --tunnet
+    "veth",             # veth pairs into test network namespaces
+    "bridge",           # --tunnet bridge:BR
 )
 
 # Environment passed from the caller into the VM, besides every LGUEST_*.
@@ -212,7 +215,8 @@ def _paths() -> CachePaths:
 def _initrd_fingerprint(kernel_release: str) -> str:
     """Changes whenever the initramfs would come out different."""
     h = hashlib.sha256()
-    for part in (str(CACHE_FORMAT), kernel_release, _init_text(), _file_id(BUSYBOX)):
+    for part in (str(CACHE_FORMAT), kernel_release, _init_text(), _file_id(BUSYBOX),
+                 " ".join(WANTED_MODULES)):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -243,6 +247,8 @@ def _kernel_cached(p: CachePaths) -> Optional[dict]:
     stamp = _read_json(p.kernel_stamp)
     if not stamp or stamp.get("format") != CACHE_FORMAT:
         return None
+    if stamp.get("wanted") != list(WANTED_MODULES):
+        return None                 # the module list changed: harvest again
     files = [_boot_kernel(p, stamp)] + [os.path.join(p.modules, m + ".ko") for m in stamp["order"]]
     return stamp if all(os.path.exists(f) for f in files) else None
 
@@ -383,7 +389,7 @@ def _harvest_kernel(p: CachePaths, tree: str, package: str) -> dict:
         boot_file = "vmlinux"
 
     stamp = {"format": CACHE_FORMAT, "package": package, "release": release,
-             "boot": boot_file, "order": order}
+             "boot": boot_file, "order": order, "wanted": list(WANTED_MODULES)}
     _write_atomic(p.kernel_stamp, json.dumps(stamp, indent=1).encode())
     return stamp
 

@@ -191,3 +191,50 @@ def test_console_output_and_input(memory):
     inq.offer([], [64])
     assert con.on_fd(r) is False                 # end of input
     os.close(r)
+
+
+def net_pair():
+    import socket
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def test_net_transmits_whole_chains_and_receives_one_frame_per_buffer(memory):
+    from launcher.virtio.net import Net
+    host_end, tap_end = net_pair()
+    tap_end.setblocking(False)
+    net = Net(tap_fd=tap_end.fileno())
+    rx, tx = FakeDriver(memory, RING), FakeDriver(memory, RING + 0x4000, data=0xC0000)
+    net.start([rx.vring, tx.vring])
+    hdr = bytes(10)
+    tx.offer([hdr, b"frame-out"], [])
+    net.service(1, tx.vring)
+    assert host_end.recv(100) == hdr + b"frame-out" and tx.used() == [(0, 0)]
+    assert net.on_fd(tap_end.fileno()) is None          # no receive buffer yet
+    _, (buf,) = rx.offer([], [1526])
+    host_end.send(hdr + b"frame-in")
+    assert net.on_fd(tap_end.fileno()) is None          # took it; no buffer left now
+    assert rx.used() == [(0, 18)] and memory.read(buf + 10, 8) == b"frame-in"
+    rx.offer([], [1526])
+    assert net.on_fd(tap_end.fileno()) is True          # a buffer, but no frame: keep polling
+    assert rx.used() == []
+    host_end.close()
+    tap_end.close()
+
+
+@pytest.mark.parametrize("spec,expect", [
+    ("10.0.0.1", ("10.0.0.1", None, None)),
+    ("10.0.0.1:52:54:00:12:34:56", ("10.0.0.1", None, bytes.fromhex("525400123456"))),
+    ("bridge:br0", (None, "br0", None)),
+    ("bridge:br0:52:54:00:12:34:56", (None, "br0", bytes.fromhex("525400123456"))),
+])
+def test_tunnet_specs(spec, expect):
+    from launcher.virtio.net import parse_tunnet
+    assert parse_tunnet(spec) == expect
+
+
+@pytest.mark.parametrize("spec", ["10.0.0", "10.0.0.300", "10.0.0.1:zz:54:00:12:34:56",
+                                  "bridge:", "10.0.0.1:52:54"])
+def test_bad_tunnet_specs(spec):
+    from launcher.virtio.net import parse_tunnet
+    with pytest.raises(UserError):
+        parse_tunnet(spec)

@@ -52,7 +52,10 @@ class Device:
         return True
 
     def stop(self) -> None:
-        pass
+        """The guest's driver is gone (reset or end of a boot)."""
+
+    def close(self) -> None:
+        """The launcher is done with the device: release host resources."""
 
 
 class DeviceRunner:

@@ -66,8 +66,8 @@ class Vring:
     def pending(self) -> bool:
         return self.avail_idx() != self.last_avail
 
-    def pop(self) -> Chain | None:
-        """The next available chain, or None when the guest offered none."""
+    def peek(self) -> Chain | None:
+        """The next available chain without taking it, or None."""
         avail_idx = self.avail_idx()
         if avail_idx == self.last_avail:
             return None
@@ -75,9 +75,17 @@ class Vring:
             raise GuestFault(f"{self.name}: avail index moved {(avail_idx - self.last_avail) & 0xFFFF} "
                              f"entries past a ring of {self.num}")
         slot = self.last_avail % self.num
-        head = self.memory.u16(self.avail + 4 + 2 * slot)
+        return self.walk(self.memory.u16(self.avail + 4 + 2 * slot))
+
+    def advance(self) -> None:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
-        return self.walk(head)
+
+    def pop(self) -> Chain | None:
+        """The next available chain, or None when the guest offered none."""
+        chain = self.peek()
+        if chain is not None:
+            self.advance()
+        return chain
 
     def walk(self, head: int) -> Chain:
         chain = Chain(head)
