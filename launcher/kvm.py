@@ -238,6 +238,14 @@ class Vcpu:
             self.fd = -1
 
 
+def memory_barrier() -> None:
+    """A full memory fence. x86 may let a store pass a later load; virtio's
+    "re-enable notifications, then look again" handshakes need the fence,
+    the guest runs on another CPU at the same time."""
+    if lib is not None:
+        lib.shim_memory_barrier()
+
+
 @dataclass
 class KvmProbe:
     usable: bool

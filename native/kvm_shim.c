@@ -189,6 +189,11 @@ void shim_vcpu_clear_kick(struct shim_vcpu *v)
         v->run->immediate_exit = 0;
 }
 
+void shim_memory_barrier(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* mfence: orders a store before a later load */
+}
+
 uint64_t shim_monotonic_ns(void)
 {
     struct timespec t;

@@ -45,6 +45,8 @@ long shim_bench_exit_loop(struct shim_vcpu *v, long n, uint16_t port, uint64_t *
 /* getppid() n times, timed in C: the host system-call floor. */
 uint64_t shim_bench_getppid(long n);
 uint64_t shim_monotonic_ns(void);
+/* A full fence, for rings shared with a guest running on another CPU. */
+void shim_memory_barrier(void);
 
 /* cffi-end */
 

@@ -88,10 +88,14 @@ class DeviceRunner:
         vq = self.queues[index]
         vq.set_no_notify(True)
         while True:
+            seen = vq.avail_idx()
             self.device.service(index, vq)
             self.interrupt(index)
             vq.set_no_notify(False)
-            if not vq.pending():          # re-check after re-enabling notifies
+            # Buffers the guest added while notifies were off get no kick:
+            # look again. (Buffers a device leaves waiting on purpose, like
+            # console input, do not count: only a moved avail index does.)
+            if vq.avail_idx() == seen:
                 return
             vq.set_no_notify(True)
 

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import GuestFault, GuestMemoryError
+from ..kvm import memory_barrier
 from ..memory import GuestMemory
 
 VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT = 1, 2, 4
@@ -141,12 +142,15 @@ class Vring:
         if not self.used_since_irq:
             return False
         self.used_since_irq = False
+        memory_barrier()            # the used index is visible before we read the flags
         return not self.memory.u16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT
 
     def set_no_notify(self, on: bool) -> None:
         flags = self.memory.u16(self.used)
         flags = flags | VRING_USED_F_NO_NOTIFY if on else flags & ~VRING_USED_F_NO_NOTIFY
         self.memory.set_u16(self.used, flags)
+        if not on:
+            memory_barrier()        # the guest must see this before we re-read avail
 
     def reset(self) -> None:
         self.memory.write(self.base, bytes(self.used + 4 + 8 * self.num + 2 - self.base))
