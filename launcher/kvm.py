@@ -217,6 +217,17 @@ class Vcpu:
             c.eax, c.ebx, c.ecx, c.edx = e.eax, e.ebx, e.ecx, e.edx
         _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, cpuid), "KVM_SET_CPUID2")
 
+    def set_msrs(self, msrs: dict[int, int]) -> None:
+        buf = ffi.new("char[]", ffi.sizeof("struct kvm_msrs")
+                      + len(msrs) * ffi.sizeof("struct kvm_msr_entry"))
+        m = ffi.cast("struct kvm_msrs *", buf)
+        m.nmsrs = len(msrs)
+        for i, (index, value) in enumerate(msrs.items()):
+            m.entries[i].index, m.entries[i].data = index, value
+        done = _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_MSRS, m), "KVM_SET_MSRS")
+        if done != len(msrs):
+            raise KvmError("KVM_SET_MSRS", errno.EINVAL)
+
     def tsc_khz(self) -> int:
         return max(0, lib.shim_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0))
 

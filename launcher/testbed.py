@@ -697,7 +697,7 @@ def _qemu_opt(value: str) -> str:
 def qemu_argv(p: CachePaths, kernel: str, *, mem_mb: int, job: str, shares: Sequence[str],
               port_chardevs: dict[str, str], console: str) -> list[str]:
     argv = [
-        QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(mem_mb), "-smp", "1",
+        QEMU, "-accel", "tcg", "-cpu", os.environ.get("LGUEST_TESTBED_CPU", "max"), "-m", str(mem_mb), "-smp", "1",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         "-kernel", kernel, "-initrd", p.initrd,
         "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 testbed.job={job}",

@@ -31,6 +31,7 @@ CDEF = r"""
 #define KVM_SET_SREGS ...
 #define KVM_SET_CPUID2 ...
 #define KVM_GET_TSC_KHZ ...
+#define KVM_SET_MSRS ...
 #define KVM_INTERRUPT ...
 #define KVM_IOEVENTFD ...
 #define KVM_MEM_READONLY ...
@@ -114,6 +115,18 @@ struct kvm_cpuid_entry2 {
 struct kvm_cpuid2 {
     __u32 nent;
     struct kvm_cpuid_entry2 entries[];
+    ...;
+};
+
+struct kvm_msr_entry {
+    __u32 index;
+    __u32 reserved;
+    __u64 data;
+};
+
+struct kvm_msrs {
+    __u32 nmsrs;
+    struct kvm_msr_entry entries[];
     ...;
 };
 

@@ -211,7 +211,13 @@ class Host:
             raise GuestFault("the guest triple-faulted (the CPU shut down)")
         if reason == lib.KVM_EXIT_IO:
             raise GuestFault(f"unexpected port I/O to {vcpu.io.port:#x} from the VM")
-        raise GuestFault(f"unexpected KVM exit {EXIT_NAMES.get(reason, reason)}")
+        detail = ""
+        if reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            internal = lib.shim_run_internal(vcpu.run_page)
+            data = " ".join(f"{internal.data[i]:#x}" for i in range(min(internal.ndata, 4)))
+            rip = vcpu.get_regs().rip
+            detail = f" (suberror {internal.suberror}, data {data}, eip {rip:#x})"
+        raise GuestFault(f"unexpected KVM exit {EXIT_NAMES.get(reason, reason)}{detail}")
 
     def switcher_fault_message(self) -> str:
         fault = self.requests.take_fault()
@@ -348,9 +354,27 @@ class Host:
         self.traps.reflect(7)
 
     def on_general_protection(self) -> None:
-        if self.regs[ERRCODE] == 0 and self.emulate_io():
+        if self.regs[ERRCODE] == 0 and (self.emulate_io() or self.emulate_cpuid()):
             return
         self.traps.reflect(13)
+
+    def emulate_cpuid(self) -> bool:
+        """CPUID, when the Machine had to make it fault (machine.py,
+        svm_without_nrips): answer from the table KVM was given."""
+        if not getattr(self.machine, "cpuid_faulting", False):
+            return False
+        r = self.regs
+        if self.read_guest_code(r[EIP], 2) != b"\x0f\xa2":
+            return False
+        leaf, sub = r[EAX], r[ECX]
+        for e in self.machine.cpuid:
+            if e.function == leaf and (e.index == sub or not e.flags & 1):
+                r[EAX], r[EBX], r[ECX], r[EDX] = e.eax, e.ebx, e.ecx, e.edx
+                break
+        else:
+            r[EAX] = r[EBX] = r[ECX] = r[EDX] = 0
+        r[EIP] += 2
+        return True
 
     def emulate_io(self) -> bool:
         """lguest's #GP(0) emulation of in/out at ring 1: reads give all ones,

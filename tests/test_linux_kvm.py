@@ -1,0 +1,86 @@
+"""Real Linux lguest guests (generation G2, Linux 3.x), end to end.
+
+Kernels are not part of the project: build them yourself (README, "Guest
+kernels") and point the tests at them:
+
+    LGUEST_TEST_KERNELS=/path/bzImage-3.14-nopae:/path/bzImage-3.14-pae \\
+    LGUEST_TEST_INITRD=/path/initramfs.cpio.gz  python3 -m pytest tests/test_linux_kvm.py
+
+The initramfs must start a shell on /dev/hvc0 after printing
+"userspace up", and power off when the shell exits. Without the variables
+these tests skip.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from kvm_support import require_kvm
+from launcher.api import Guest
+
+pytestmark = pytest.mark.kvm
+
+KERNELS = [k for k in os.environ.get("LGUEST_TEST_KERNELS", "").split(":") if k]
+INITRD = os.environ.get("LGUEST_TEST_INITRD")
+BOOT_TIMEOUT = float(os.environ.get("LGUEST_TEST_BOOT_TIMEOUT", "300"))
+
+
+def kernel_id(path: str) -> str:
+    return os.path.basename(path)
+
+
+@pytest.fixture(params=KERNELS or [None], ids=[kernel_id(k) for k in KERNELS] or ["none"])
+def kernel(request):
+    if request.param is None or not INITRD:
+        pytest.skip("set LGUEST_TEST_KERNELS and LGUEST_TEST_INITRD to test real kernels")
+    require_kvm()
+    return request.param
+
+
+def boot(kernel: str, *extra: str, **kw) -> Guest:
+    return Guest(kernel, mem="128M", initrd=INITRD, args=["console=hvc0", *extra],
+                 timeout=BOOT_TIMEOUT + 120, **kw)
+
+
+def test_boots_to_an_interactive_shell_and_powers_off(kernel):
+    with boot(kernel) as g:
+        g.expect(r"userspace up", timeout=BOOT_TIMEOUT)
+        g.expect(r"# ", timeout=60)
+        g.send("echo sum=$((6*7)); uname -r\n")
+        m = g.expect(r"sum=42\s+(\S+)", timeout=60)
+        assert re.match(r"\d+\.\d+", m.group(1))
+        g.send("poweroff -f\n")
+        result = g.wait(timeout=120)
+    assert result.status == 0, result.reason
+
+
+def test_rng_block_and_data_across_boots(kernel, tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    with boot(kernel, block=[str(disk)], rng=True) as g:
+        g.expect(r"# ", timeout=BOOT_TIMEOUT)
+        g.send("head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo :rng\n")
+        m = g.expect(r"([0-9a-f]{32}):rng", timeout=60)
+        assert m.group(1) != "0" * 32
+        g.send("echo lguest-was-here | dd of=/dev/vda bs=512 seek=3 conv=fsync 2>/dev/null;"
+               " echo wrote\n")
+        g.expect(r"\nwrote", timeout=60)
+        g.send("poweroff -f\n")
+        assert g.wait(timeout=120).status == 0
+    assert disk.read_bytes()[3 * 512:3 * 512 + 15] == b"lguest-was-here"
+    with boot(kernel, block=[str(disk)]) as g:
+        g.expect(r"# ", timeout=BOOT_TIMEOUT)
+        g.send("dd if=/dev/vda bs=512 skip=3 count=1 2>/dev/null | head -c 15; echo :read\n")
+        g.expect(r"lguest-was-here:read", timeout=60)
+        g.send("poweroff -f\n")
+        assert g.wait(timeout=120).status == 0
+
+
+def test_panic_exits_1_with_the_panic_text(kernel):
+    # An init that exits at once makes the kernel panic ("Attempted to kill init").
+    with boot(kernel, "rdinit=/bin/false") as g:
+        result = g.wait(timeout=BOOT_TIMEOUT)
+    assert result.status == 1
+    assert result.reason.startswith("launcher: guest crashed: Attempted to kill init")
