@@ -32,8 +32,8 @@ SRC = os.path.join(HERE, "lgk")
 # stay the file named user.c: lgk.ld links it at USER_CODE.
 SOURCES = [
     "boot/head.S", "main.c", "lguest.c", "console.c", "lib.c", "segments.c",
-    "traps.c", "entry.S", "mm.c", "timer.c", "sched.c", "selftest.c", "bench.c",
-    "user.c",
+    "traps.c", "entry.S", "mm.c", "timer.c", "sched.c", "virtio.c", "vconsole.c",
+    "vblock.c", "vrng.c", "selftest.c", "devtest.c", "bench.c", "hostile.c", "user.c",
 ]
 SETUP = "boot/setup.S"
 

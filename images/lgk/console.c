@@ -1,17 +1,21 @@
 /*
  * console.c - where kernel output goes.
  *
- * For now, the early console: NOTIFY with the physical address of a
- * NUL-terminated string of at most 16 characters (lguest-abi.md §9.3). The
- * Host hands any NOTIFY value that is not a device to the Launcher, which
- * prints the string. Every byte of output passes through console_write(),
- * so the virtio console can later replace just that function.
+ * Every byte of output passes through console_write(). Until the virtio
+ * console is up (vconsole.c) that is the early console: NOTIFY with the
+ * physical address of a NUL-terminated string of at most 16 characters
+ * (lguest-abi.md §9.3). The Host hands any NOTIFY value that is not a device
+ * to the Launcher, which prints the string. After that, output goes through
+ * the console's queue 1; panic() switches back, because the early console
+ * cannot go wrong.
  */
-#include "lgk.h"
+#include "virtio.h"
 
 #define EARLY_CHUNK 16
 
-void console_write(const char *s, size_t len)
+int console_virtio;
+
+static void early_write(const char *s, size_t len)
 {
 	static char chunk[EARLY_CHUNK + 1];
 	u32 flags = irq_save();               /* one writer at a time */
@@ -26,9 +30,24 @@ void console_write(const char *s, size_t len)
 	irq_restore(flags);
 }
 
+void console_write(const char *s, size_t len)
+{
+	if (console_virtio)
+		vconsole_write(s, len);
+	else
+		early_write(s, len);
+}
+
+/* Everything written so far has reached the Launcher. */
+void console_flush(void)
+{
+	if (console_virtio)
+		vconsole_flush();
+}
+
 void kprintf(const char *fmt, ...)
 {
-	char buf[160];
+	char buf[256];
 	__builtin_va_list ap;
 	__builtin_va_start(ap, fmt);
 	int n = vsnprintf(buf, sizeof(buf), fmt, ap);

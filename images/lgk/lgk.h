@@ -114,7 +114,9 @@ void __attribute__((noreturn)) shutdown(const char *msg, u32 how);
 void __attribute__((noreturn)) panic(const char *fmt, ...);
 
 /* ---- console.c ------------------------------------------------------------- */
+extern int console_virtio;               /* output goes through the virtio console */
 void console_write(const char *s, size_t len);
+void console_flush(void);
 void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- main.c ---------------------------------------------------------------- */
@@ -163,6 +165,9 @@ extern struct mm kernel_mm;
 extern u32 test_area;                    /* 4 MiB of kernel space for the tests */
 extern u32 kernel_hole;                  /* a kernel address with no table behind it */
 extern u32 lowmem_end;                   /* physical end of the direct map */
+#define DEV_WINDOW_PAGES 96               /* the lguest bus: 1 + 3 x 31 queues at most */
+extern u32 dev_window, dev_window_pa;    /* where the bus's pages appear, and from where */
+void *map_device_pages(u32 pa, u32 npages);
 void mm_init(void);
 u32 page_alloc(void);                    /* physical address of a zeroed page */
 void page_free(u32 pa);
@@ -251,6 +256,11 @@ extern char __user_start[], __user_end[], __user_pa[];   /* lgk.ld */
 
 /* ---- selftest.c, bench.c ----------------------------------------------------- */
 int selftest_run(void);                   /* returns the number of failures */
+void check(const char *name, int ok, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void devtest_run(void);                   /* devtest.c: only for devices present */
 void bench_run(void);
+
+/* ---- hostile.c: misbehaving on purpose, for the Host's robustness tests ------ */
+void __attribute__((noreturn)) hostile_run(const char *mode);
 
 #endif

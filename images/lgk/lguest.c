@@ -13,12 +13,13 @@ extern char lguest_noirq_start[], lguest_noirq_end[];
 /*
  * The page we share with the Host. Its address goes to the Host in
  * LGUEST_INIT (boot/head.S), so these initial values are what the Host
- * reads there: the async ring all free, the timer IRQ masked until
- * timer_init(), interrupts off, and the facts about us the Host checks.
+ * reads there: the async ring all free, every IRQ masked until its handler
+ * is ready (timer_init() unmasks IRQ 0, virtio.c one per queue), interrupts
+ * off, and the facts about us the Host checks.
  */
 struct lguest_data lguest_data __attribute__((aligned(4096))) = {
 	.irq_enabled = 0,
-	.blocked_interrupts = { 1 },          /* IRQ 0 (timer) masked for now */
+	.blocked_interrupts = { ~0u },        /* every IRQ masked until its driver is ready */
 	.hcall_status = { [0 ... LHCALL_RING_SIZE - 1] = 0xFF },
 	.noirq_start = (u32)lguest_noirq_start,
 	.noirq_end = (u32)lguest_noirq_end,
@@ -117,6 +118,7 @@ static char shutdown_msg[128];
 
 void shutdown(const char *msg, u32 how)
 {
+	console_flush();                  /* every line out before we go */
 	size_t n = strlen(msg);
 	if (n > sizeof(shutdown_msg) - 1)
 		n = sizeof(shutdown_msg) - 1;
@@ -129,8 +131,12 @@ void shutdown(const char *msg, u32 how)
 void panic(const char *fmt, ...)
 {
 	static char buf[120];
+	static int panicking;
 	__builtin_va_list ap;
 	irq_disable();
+	if (!panicking++)
+		console_flush();          /* what was written before the panic first */
+	console_virtio = 0;               /* then the early console: it cannot fail */
 	__builtin_va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	__builtin_va_end(ap);

@@ -2,7 +2,7 @@
  * main.c - kmain(): what lgk does, in order, once head.S has made
  * LGUEST_INIT, switched to the boot page tables and jumped here.
  */
-#include "lgk.h"
+#include "virtio.h"
 
 #define FALLBACK_MEM (16u << 20)      /* same as head.S */
 #define TICK_NS      10000000u        /* the scheduler tick: 10 ms */
@@ -84,6 +84,18 @@ const char *cmdline_value(const char *key)
 	return value;
 }
 
+/* `echo`: one line from the console, back out. The default run never
+   reads input, so it never waits for anyone. */
+static void echo_line(void)
+{
+	char line[128];
+	kprintf("lgk: echo: waiting for a line on the console\n");
+	if (vconsole_read_line(line, sizeof(line)) < 0)
+		kprintf("echo: (end of input)\n");
+	else
+		kprintf("echo: %s\n", line);
+}
+
 void kmain(void)
 {
 	/* head.S made these two calls before C could count them. */
@@ -105,15 +117,23 @@ void kmain(void)
 		mem_size >> 20, mem_guessed ? " (no e820 map: guessed)" : "",
 		lguest_data.reserve_mem, lguest_data.tsc_khz, cmdline);
 
+	/* The lguest bus: the console first, so that everything after this
+	   goes through it, then whatever else the Launcher was given. */
+	virtio_init();
+	vconsole_init();
+	vblock_init();
+	vrng_init();
+
 	const char *hostile = cmdline_value("hostile");
-	if (hostile) {
-		kprintf("lgk: hostile=%s is not implemented yet\n", hostile);
-		shutdown("lgk: hostile modes are not implemented yet", LGUEST_SHUTDOWN_POWEROFF);
-	}
+	if (hostile)
+		hostile_run(hostile);             /* ends with the Host killing us */
 
 	int bench = cmdline_has("bench"), restart = cmdline_has("restart");
+	int echo = cmdline_has("echo");
+	if (echo)
+		echo_line();
 	int failures = 0;
-	if (cmdline_has("selftest") || (!bench && !restart))
+	if (cmdline_has("selftest") || (!bench && !restart && !echo))
 		failures = selftest_run();
 	if (bench)
 		bench_run();

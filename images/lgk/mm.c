@@ -14,8 +14,10 @@
  * Inside a lazy section (lguest.c) these calls are queued in the async ring.
  *
  * Kernel space is the same in every address space: RAM from PAGE_OFFSET up
- * ("lowmem"), and a 4 MiB test area just below the top region the Host
- * reserved for itself (reserve_mem, which we never map). With PAE, every
+ * ("lowmem"), right after it a window for the lguest bus's pages (the device
+ * page and the rings, which lie above RAM: virtio.c maps them), and a 4 MiB
+ * test area just below the top region the Host reserved for itself
+ * (reserve_mem, which we never map). With PAE, every
  * address space shares one kernel PMD (PDPT slot 3); without PAE, each copies
  * the kernel's page-directory entries when it is created. Kernel tables are
  * all made at boot, so those copies never go stale.
@@ -26,6 +28,7 @@ extern char _end[];
 
 struct mm kernel_mm;
 u32 lowmem_end, test_area, kernel_hole;
+u32 dev_window, dev_window_pa;
 #ifdef CONFIG_PAE
 u64 *kernel_pmd;
 #endif
@@ -205,14 +208,35 @@ void mm_init(void)
 		u32 va = PAGE_OFFSET + pa;
 		kernel_pt_for(va)[(va >> 12) % PTRS_PER_PT] = pa | PTE_KERNEL;
 	}
-	/* The test area gets its (empty) tables now, so that every address
-	   space made later shares them. */
+	/* The device window and the test area get their (empty) tables now,
+	   so that every address space made later shares them. */
+	dev_window_pa = ALIGN_UP(mem_size, PAGE_SIZE);
+	dev_window = PAGE_OFFSET + ALIGN_UP(lowmem_end, PAGE_SIZE);
+	for (u32 i = 0; i < DEV_WINDOW_PAGES; i++)
+		(void)kernel_pt_for(dev_window + i * PAGE_SIZE);
 	for (u32 va = test_area; va < kernel_top && va >= test_area; va += 2u << 20)
 		(void)kernel_pt_for(va);
 
 	hcall(LHCALL_NEW_PGTABLE, kernel_mm.top_pa, 0, 0, 0);
 	/* From here on, low addresses are no longer mapped: a NULL pointer
 	   faults, and physical memory is reached only through __va(). */
+}
+
+/* The lguest bus's pages: guest-physical [mem, mem + 4 KiB * (1 + 3 * queues)),
+   above the RAM e820 reports but below the Host's pfn_limit. They appear in
+   the device window at the same offsets. NULL if pa..pa+n is not there. */
+void *map_device_pages(u32 pa, u32 npages)
+{
+	u32 end = dev_window_pa + DEV_WINDOW_PAGES * PAGE_SIZE;
+	if ((pa & (PAGE_SIZE - 1)) || pa < dev_window_pa || npages > DEV_WINDOW_PAGES ||
+	    pa + npages * PAGE_SIZE > end)
+		return NULL;
+	u32 va = dev_window + (pa - dev_window_pa);
+	lazy_begin();
+	for (u32 i = 0; i < npages; i++)
+		mm_set_pte(&kernel_mm, va + i * PAGE_SIZE, (pte_t)(pa + i * PAGE_SIZE) | PTE_KERNEL);
+	lazy_end();
+	return (void *)va;
 }
 
 /* ---- user address spaces --------------------------------------------------------- */

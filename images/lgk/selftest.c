@@ -11,7 +11,7 @@
 
 static int passed, failed;
 
-static void check(const char *name, int ok, const char *fmt, ...)
+void check(const char *name, int ok, const char *fmt, ...)
 {
 	if (ok) {
 		passed++;
@@ -543,6 +543,7 @@ int selftest_run(void)
 	test_user_faults();
 	test_fpu();
 	test_interrupts();
+	devtest_run();                    /* devtest.c: the devices the Launcher gave us */
 	check("no_page_leak", pages_free() == free_at_start, "%u pages free, %u at the start",
 	      pages_free(), free_at_start);
 	test_hypercall_coverage();
