@@ -20,6 +20,7 @@ import sys
 from contextlib import contextmanager
 
 from .errors import UserError
+from .kvm import KvmError
 from .run import Session
 from .terminal import guest_owns_terminal, stdin_fd
 
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return EXIT_INTERRUPTED
+    except KvmError as exc:
+        say(f"KVM failed under the guest: {exc.strerror}")
+        return EXIT_CRASH
     finally:
         if session is not None:
             session.close()

@@ -173,10 +173,11 @@ class Vcpu:
 
     # -- the hot path ---------------------------------------------------
     def run(self) -> int:
-        """Run until an exit Python must see; returns the KVM exit reason
-        (or SHIM_RUN_SIGNAL when a signal for Python interrupted KVM_RUN)."""
+        """Run until an exit Python must see; returns the KVM exit reason,
+        SHIM_RUN_SIGNAL when a signal for Python interrupted KVM_RUN, or
+        SHIM_RUN_STOPPED after stop()."""
         ret = lib.shim_vcpu_run(self.shim)
-        if ret < 0 and ret != lib.SHIM_RUN_SIGNAL:
+        if ret < 0 and ret not in (lib.SHIM_RUN_SIGNAL, lib.SHIM_RUN_STOPPED):
             raise KvmError("KVM_RUN", -ret)
         return ret
 
@@ -187,6 +188,11 @@ class Vcpu:
 
     def clear_kick(self) -> None:
         lib.shim_vcpu_clear_kick(self.shim)
+
+    def stop(self) -> None:
+        """From any thread: make run() return SHIM_RUN_STOPPED now and from
+        then on, whatever the guest is doing."""
+        lib.shim_vcpu_stop(self.shim)
 
     # -- setup ------------------------------------------------------------
     def get_regs(self):

@@ -123,6 +123,8 @@ static long run_loop(struct shim_vcpu *v)
          * so the KVM_RUN below returns at once instead of sleeping on it.
          */
         __atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&v->stop_pending, __ATOMIC_SEQ_CST))
+            return SHIM_RUN_STOPPED;
         if (__atomic_exchange_n(&v->kick_pending, 0, __ATOMIC_SEQ_CST)) {
             long k = inject_kick(v);
             if (k < 0)
@@ -130,20 +132,25 @@ static long run_loop(struct shim_vcpu *v)
             injecting = (k == 0);
         }
         r = ioctl(v->fd, KVM_RUN, 0);
-        if (r < 0) {
-            if (errno != EINTR && errno != EAGAIN)
+        if (r < 0 || v->run->exit_reason == KVM_EXIT_INTR) {
+            if (r < 0 && errno != EINTR && errno != EAGAIN)
                 return -errno;
             v->eintr_exits++;
-            if (__atomic_load_n(&v->kick_pending, __ATOMIC_SEQ_CST) || injecting)
+            if (__atomic_load_n(&v->stop_pending, __ATOMIC_SEQ_CST))
+                return SHIM_RUN_STOPPED;
+            if (__atomic_load_n(&v->kick_pending, __ATOMIC_SEQ_CST))
                 continue;
+            /*
+             * Someone else's signal (^C, a timer of Python's): Python must
+             * run its handlers now, even if a kick is still waiting for an
+             * interrupt window that a misbehaving guest may never open.
+             * Keep that kick for when Python calls us again.
+             */
+            if (injecting)
+                __atomic_store_n(&v->kick_pending, 1, __ATOMIC_SEQ_CST);
             return SHIM_RUN_SIGNAL;
         }
         switch (v->run->exit_reason) {
-        case KVM_EXIT_INTR:
-            v->eintr_exits++;
-            if (__atomic_load_n(&v->kick_pending, __ATOMIC_SEQ_CST) || injecting)
-                continue;
-            return SHIM_RUN_SIGNAL;
         case KVM_EXIT_IRQ_WINDOW_OPEN:
             v->window_exits++;
             if (injecting) {
@@ -176,6 +183,20 @@ long shim_vcpu_run(struct shim_vcpu *v)
 void shim_vcpu_kick(struct shim_vcpu *v)
 {
     __atomic_store_n(&v->kick_pending, 1, __ATOMIC_SEQ_CST);
+    if (v->run)
+        __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&v->thread_valid, __ATOMIC_SEQ_CST))
+        pthread_kill((pthread_t)v->vcpu_thread, kick_signal());
+}
+
+/*
+ * End the run from any thread: unlike a kick, this needs nothing from the
+ * guest (no interrupt window), so it works even on a guest spinning at
+ * ring 0 with interrupts off.
+ */
+void shim_vcpu_stop(struct shim_vcpu *v)
+{
+    __atomic_store_n(&v->stop_pending, 1, __ATOMIC_SEQ_CST);
     if (v->run)
         __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&v->thread_valid, __ATOMIC_SEQ_CST))

@@ -22,6 +22,7 @@ struct shim_vcpu {
     long run_size;
     uint32_t kick_vector;         /* interrupt vector a kick injects */
     volatile int kick_pending;    /* set by kick(), consumed by the run loop */
+    volatile int stop_pending;    /* set by stop(): return to Python, whatever the guest does */
     volatile int thread_valid;    /* vcpu_thread below is meaningful */
     uint64_t vcpu_thread;         /* pthread_t of the thread in shim_vcpu_run */
     /* Counters of exits the loop absorbed without returning to Python. */
@@ -39,6 +40,7 @@ void shim_vcpu_fini(struct shim_vcpu *v);
 long shim_vcpu_run(struct shim_vcpu *v);
 void shim_vcpu_kick(struct shim_vcpu *v);
 void shim_vcpu_clear_kick(struct shim_vcpu *v);
+void shim_vcpu_stop(struct shim_vcpu *v);
 
 /* The exit floor: KVM_RUN n times on a guest that does nothing but `out`. */
 long shim_bench_exit_loop(struct shim_vcpu *v, long n, uint16_t port, uint64_t *elapsed_ns);
@@ -52,5 +54,6 @@ void shim_memory_barrier(void);
 
 /* Result codes of shim_vcpu_run besides a KVM exit reason (which are >= 0). */
 #define SHIM_RUN_SIGNAL   (-1000)  /* a signal that was not a kick: let Python run handlers */
+#define SHIM_RUN_STOPPED  (-1001)  /* stop() was called: the run is over */
 
 #endif

@@ -20,6 +20,9 @@ class FakeVcpu:
     def kick(self) -> None:
         self.kicks += 1
 
+    def stop(self) -> None:
+        self.stopped = True
+
 
 class FakeMachine:
     host_gate = Machine.host_gate

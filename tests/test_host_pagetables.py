@@ -167,3 +167,21 @@ def test_pdpt_entries_may_carry_the_accessed_bit_hardware_sets():
     assert h.pagetables.looks_like_pdpt(PDPT)
     h.pagetables.new_pgtable(PDPT)
     assert h.pagetables.pae is True
+
+
+def test_set_pgd_and_set_pmd_check_the_entry_they_report():
+    h, m = make()
+    non_pae_tables(m)
+    h.pagetables.new_pgtable(PD)
+    m.memory.set_u32(PD + 4 * 5, 0x7FFF0000 | 0x67)
+    with pytest.raises(GuestFault, match="beyond guest memory"):
+        h.pagetables.set_pgd(PD, 5)
+    m.memory.set_u32(PD + 4 * 5, 0x400000 | 0xE7)
+    with pytest.raises(GuestFault, match="large page"):
+        h.pagetables.set_pgd(PD, 5)
+    h2, m2 = make()
+    pae_tables(m2)
+    h2.pagetables.new_pgtable(PDPT)
+    m2.memory.set_u64(PMD3 + 8 * 7, 0x7FFF0000 | 0x67)
+    with pytest.raises(GuestFault, match="beyond guest memory"):
+        h2.pagetables.set_pmd(PMD3, 7)

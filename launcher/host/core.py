@@ -137,15 +137,22 @@ class Host:
         handle_trap = self.handle_trap
         if self.recorder is not None:
             handle_trap = self.recorder.wrap(self, handle_trap)
+        at_exit = True     # the vCPU sits right after the Switcher's `out`
         try:
             while self.outcome is None:
                 try:
-                    self.prepare_resume()
+                    # Only at an exit is the register page the guest's state;
+                    # after a signal the vCPU is wherever it was interrupted.
+                    if at_exit:
+                        self.prepare_resume()
                     reason = vcpu.run()
-                    if reason == lib.KVM_EXIT_IO and io.port == exit_port:
+                    at_exit = reason == lib.KVM_EXIT_IO and io.port == exit_port
+                    if at_exit:
                         handle_trap()
                     elif reason == lib.SHIM_RUN_SIGNAL:
                         self.exits["signal"] += 1       # Python's handlers have run
+                    elif reason == lib.SHIM_RUN_STOPPED:
+                        self.finish("killed", "stopped")  # stop() set the real outcome
                     else:
                         self.unusual_exit(reason, fault_port)
                 except GuestFault as fault:
@@ -162,9 +169,11 @@ class Host:
 
 
     def stop(self, kind: str, message: str) -> None:
-        """From another thread: end the run at the next exit."""
+        """From another thread: end the run now, even if the guest never
+        exits again (it may be spinning with interrupts off)."""
         self.finish(kind, message)
         self.interrupts.stop()
+        self.machine.vcpu.stop()
 
     def prepare_resume(self) -> None:
         self.machine.vcpu.clear_kick()
@@ -225,12 +234,17 @@ class Host:
             return "the Switcher reported a fault but recorded none"
         vector, errcode, eip = fault
         doing = "handling a trap"
+        if vector == 8:
+            doing = "handling a trap"
+            vector_text = "a double fault (the fault's own gate leads to the guest)"
+        else:
+            vector_text = f"trap {vector}"
         for label, what in (("restore_gs", "restoring gs"), ("restore_fs", "restoring fs"),
                             ("restore_ds", "restoring ds"), ("restore_es", "restoring es"),
                             ("restore_iret", "returning to the guest (iret)")):
             if eip == self.image.symbols[label]:
                 doing = what
-        return (f"fault inside the Switcher while {doing}: trap {vector} error code "
+        return (f"fault inside the Switcher while {doing}: {vector_text}, error code "
                 f"{errcode:#x} (a bad selector or frame in the guest's saved state)")
 
     # -- hypercalls ------------------------------------------------------------

@@ -106,11 +106,22 @@ class PageTables:
         if top == self.cr3 or vaddr >= self.host.kernel_address:
             self.requests.invlpg(vaddr)
 
+    def check_table_entry(self, entry: int, what: str) -> None:
+        """A present directory entry (PDE or PMD) must point at a page table
+        in guest RAM, never at a large page (lguest-abi.md §7)."""
+        if not entry & PTE_P:
+            return
+        if entry & PTE_PS:
+            raise GuestFault(f"{what} {entry:#x} maps a large page")
+        self.check_frame(entry & (PAE_FRAME if self.pae else 0xFFFFF000), entry)
+
     def set_pmd(self, pmd: int, index: int) -> None:
         if self.pae is False:
             raise GuestFault("SET_PMD from a non-PAE guest")
         if index >= 512:
             raise GuestFault(f"SET_PMD index {index} is past the 512 entries")
+        if index != SWITCHER_PMD:
+            self.check_table_entry(self.memory.u64(pmd + 8 * index, "PMD"), "SET_PMD entry")
         if index == SWITCHER_PMD and self.cr3 is not None:
             # The guest rewrote the slot that maps us: map us again if that
             # PMD is the one the current PDPT uses for the top gigabyte.
@@ -133,6 +144,9 @@ class PageTables:
                 raise GuestFault(f"SET_PGD index {index} is past the 1024 entries")
             if index == SWITCHER_PDE:
                 self.install_switcher(top)
+            else:
+                self.check_table_entry(self.memory.u32(top + 4 * index, "page directory"),
+                                       "SET_PGD entry")
         # A PAE PDPT is read into the CPU only when cr3 is loaded.
         self.requests.flush_all()
 
