@@ -180,13 +180,24 @@ long shim_vcpu_run(struct shim_vcpu *v)
     return r;
 }
 
-void shim_vcpu_kick(struct shim_vcpu *v)
+/*
+ * Raise a request flag, then make sure the vCPU thread notices: set
+ * immediate_exit (for a thread about to enter KVM_RUN) and signal it (for
+ * one inside). The flag comes first, so the run loop, which clears
+ * immediate_exit before it reads the flags, can never miss it.
+ */
+static void poke(struct shim_vcpu *v, volatile int *flag)
 {
-    __atomic_store_n(&v->kick_pending, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
     if (v->run)
         __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&v->thread_valid, __ATOMIC_SEQ_CST))
         pthread_kill((pthread_t)v->vcpu_thread, kick_signal());
+}
+
+void shim_vcpu_kick(struct shim_vcpu *v)
+{
+    poke(v, &v->kick_pending);
 }
 
 /*
@@ -196,11 +207,7 @@ void shim_vcpu_kick(struct shim_vcpu *v)
  */
 void shim_vcpu_stop(struct shim_vcpu *v)
 {
-    __atomic_store_n(&v->stop_pending, 1, __ATOMIC_SEQ_CST);
-    if (v->run)
-        __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&v->thread_valid, __ATOMIC_SEQ_CST))
-        pthread_kill((pthread_t)v->vcpu_thread, kick_signal());
+    poke(v, &v->stop_pending);
 }
 
 void shim_vcpu_clear_kick(struct shim_vcpu *v)

@@ -69,7 +69,7 @@ class Host:
         self.segments = Segments(machine, machine.memory)
         self.traps = Traps(self)
         self.outcome: Outcome | None = None
-        self.exits: Counter[str] = Counter()
+        self.signals = 0              # KVM_RUNs cut short by a signal for Python
         self.hypercall_counts: Counter[int] = Counter()
         self.trap_counts: Counter[int] = Counter()
         self.ss1, self.esp1 = 0, 0
@@ -150,7 +150,7 @@ class Host:
                     if at_exit:
                         handle_trap()
                     elif reason == lib.SHIM_RUN_SIGNAL:
-                        self.exits["signal"] += 1       # Python's handlers have run
+                        self.signals += 1       # Python's handlers have run
                     elif reason == lib.SHIM_RUN_STOPPED:
                         self.finish("killed", "stopped")  # stop() set the real outcome
                     else:
