@@ -12,7 +12,11 @@ so read the ratios:
   and the Python Host, timed by the guest with rdtsc;
 - ``hypercall_ratio`` = hypercall / exit floor (target <= 1.5 on hardware);
 - ``policy_ratio`` = hypercall / Python floor (target <= 1.3): what the
-  Host's policy adds to the cheapest possible Python exit.
+  Host's policy adds to the cheapest possible Python exit;
+- the own guest's micro benchmarks (images/lgk booted with ``bench`` and a
+  scratch disk): ``guest_syscall_ns``, ``pagefault_ns``, ``ctxswitch_ns``,
+  ``pte_batch_ns``, ``timer_latency_ns``, ``blk_read_mbps``,
+  ``blk_write_mbps``, timed in the guest with rdtsc.
 """
 from __future__ import annotations
 
@@ -72,10 +76,45 @@ def hypercall_cost(n: int) -> tuple[float, int]:
         machine.close()
 
 
-def measure(n: int) -> dict:
+# lgk's "bench:" keys -> this benchmark's keys (the issue's names).
+GUEST_KEYS = {"syscall_ns": "guest_syscall_ns", "pagefault_ns": "pagefault_ns",
+              "ctxswitch_ns": "ctxswitch_ns", "pte_batch_ns": "pte_batch_ns",
+              "timer_latency_ns": "timer_latency_ns", "blk_read_mbps": "blk_read_mbps",
+              "blk_write_mbps": "blk_write_mbps", "null_hypercall_ns": "guest_hypercall_ns"}
+DISK_BYTES = 16 << 20
+
+
+def guest_benchmarks() -> dict:
+    """Boot the own guest (images/lgk) with `bench` and a scratch disk and
+    collect its one machine-readable `bench:` line."""
+    import io
+    import re
+    import tempfile
+    from .run import BUNDLED_GUEST, GuestConfig, Session
+    with tempfile.NamedTemporaryFile(prefix="lgk-bench-", suffix=".img") as disk:
+        disk.truncate(DISK_BYTES)
+        console = io.BytesIO()
+        config = GuestConfig(kernel=BUNDLED_GUEST, mem=64 << 20, cmdline="bench",
+                             devices_spec=[("block", (disk.name, False))], console=console,
+                             timeout=600)
+        session = Session(config)
+        try:
+            outcome = session.run()
+        finally:
+            session.close()
+    text = console.getvalue().decode("utf-8", "replace")
+    line = re.search(r"^bench: (.*)$", text, re.M)
+    if outcome.kind != "poweroff" or line is None:
+        raise RuntimeError(f"the own guest's benchmarks did not finish: {outcome.message}")
+    values = dict(kv.split("=", 1) for kv in line.group(1).split())
+    return {GUEST_KEYS[k]: float(v) for k, v in values.items() if k in GUEST_KEYS}
+
+
+def measure(n: int, guest: bool = True) -> dict:
     c_floor, py_floor = exit_floors(n)
     hcall, exits = hypercall_cost(n)
-    return {
+    extra = guest_benchmarks() if guest else {}
+    return extra | {
         "kvm": "testbed" if os.environ.get("LGUEST_IN_TESTBED") else "native",
         "iterations": n,
         "exit_floor_ns": round(c_floor, 1),
@@ -94,6 +133,12 @@ def print_table(result: dict) -> None:
             ("null hypercall", f"{result['hypercall_ns']:.0f} ns"),
             ("hypercall / C floor", f"{result['hypercall_ratio']:.2f}  (target <= 1.5 on hardware)"),
             ("hypercall / Python floor", f"{result['policy_ratio']:.2f}  (target <= 1.3)")]
+    for key, unit in (("guest_syscall_ns", "ns"), ("pagefault_ns", "ns"), ("ctxswitch_ns", "ns"),
+                      ("pte_batch_ns", "ns"), ("timer_latency_ns", "ns"),
+                      ("blk_read_mbps", "MB/s"), ("blk_write_mbps", "MB/s")):
+        if key in result:
+            rows.append((f"guest {key.rsplit('_', 1)[0].replace('guest_', '')}",
+                         f"{result[key]:.1f} {unit}"))
     for name, value in rows:
         print(f"  {name:<26} {value}")
 
@@ -103,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-n", "--iterations", type=int, default=None,
                    help="exits per measurement (default 20000 natively, 3000 in the testbed)")
+    p.add_argument("--no-guest", action="store_true",
+                   help="skip the own guest's micro benchmarks (syscall, page fault, disk...)")
     p.add_argument("--no-testbed", action="store_true",
                    help="do not re-run inside the testbed when this KVM cannot run our guests")
     args = p.parse_args(argv)
@@ -111,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if status is not None:
         return status
     n = args.iterations or (3000 if os.environ.get("LGUEST_IN_TESTBED") else 20000)
-    result = measure(n)
+    result = measure(n, guest=not args.no_guest)
     if args.json:
         print(json.dumps(result))
     else:
