@@ -45,8 +45,10 @@ class Guest:
                  args: Sequence[str] = (), initrd: str | None = None,
                  block: Sequence[str] = (), rng: bool = False, tunnet: Sequence[str] = (),
                  pae: bool | None = None,
-                 timeout: float | None = None, extra: Sequence[str] = ()) -> None:
-        argv = [sys.executable, "-m", "launcher", "--mem", mem]
+                 timeout: float | None = None, extra: Sequence[str] = (),
+                 wrapper: Sequence[str] = ()) -> None:
+        # wrapper: a command the launcher runs under, e.g. ip netns exec NS
+        argv = [*wrapper, sys.executable, "-m", "launcher", "--mem", mem]
         if append:
             argv += ["--append", append]
         if initrd:

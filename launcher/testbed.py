@@ -152,6 +152,7 @@ mkdir -p /dev/pts /dev/shm
 mount --bind /dev /host/dev
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs shm /host/dev/shm    # also the command's TMPDIR (see guest_env)
+mount -t tmpfs run /host/run        # runtime state (ip netns, locks): the VM's own
 
 # Writable shares at the same absolute path, shorter paths first.
 share() {

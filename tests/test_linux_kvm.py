@@ -84,3 +84,29 @@ def test_panic_exits_1_with_the_panic_text(kernel):
         result = g.wait(timeout=BOOT_TIMEOUT)
     assert result.status == 1
     assert result.reason.startswith("launcher: guest crashed: Attempted to kill init")
+
+
+def test_network_to_the_host_side_of_the_tap_in_a_namespace(kernel):
+    import shutil
+    import subprocess
+    import uuid
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make a network namespace")
+    ns = f"lgtest-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        with boot(kernel, tunnet=["10.55.0.1"], wrapper=["ip", "netns", "exec", ns]) as g:
+            g.expect(r"# ", timeout=BOOT_TIMEOUT)
+            g.send("ip link set eth0 up && ip addr add 10.55.0.2/24 dev eth0 && "
+                   "ping -c 3 -W 5 10.55.0.1 | tail -2; echo :pinged\n")
+            m = g.expect(r"(\d+) packets received(?s:.*?):pinged", timeout=120)
+            assert int(m.group(1)) == 3, g.transcript[-1500:]
+            ping = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+            back = subprocess.run(["ip", "netns", "exec", ns, *ping, "-c", "3", "-W", "5",
+                                   "10.55.0.2"], capture_output=True, text=True, timeout=60)
+            assert back.returncode == 0, back.stdout + back.stderr
+            g.send("poweroff -f\n")
+            assert g.wait(timeout=120).status == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
