@@ -86,6 +86,14 @@ def test_shutdown_reads_exactly_128_bytes():
         hypercall(h, H.LHCALL_SHUTDOWN, h.memory.size - 64, 1)
 
 
+def test_restart_with_an_unreadable_message_still_restarts():
+    # Linux 3.14's `reboot -f` passes __pa(NULL) = 0x40000000.
+    h = make_host()
+    hypercall(h, H.LHCALL_LGUEST_INIT, LDATA)
+    hypercall(h, H.LHCALL_SHUTDOWN, 0x40000000, 2)
+    assert h.outcome.kind == "restart"
+
+
 def test_unknown_hypercall_kills():
     h = make_host()
     hypercall(h, H.LHCALL_LGUEST_INIT, LDATA)

@@ -110,3 +110,34 @@ def test_network_to_the_host_side_of_the_tap_in_a_namespace(kernel):
             assert g.wait(timeout=120).status == 0
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_userspace_workload_and_the_clock(kernel):
+    import time
+    with boot(kernel) as g:
+        g.expect(r"# ", timeout=BOOT_TIMEOUT)
+        # fork/exec and pipes across many processes, then signals.
+        g.send("i=0; while [ $i -lt 60 ]; do (echo $i | cat | wc -c > /dev/null) & "
+               "i=$((i+1)); done; wait; echo forks=$i\n")
+        g.expect(r"forks=60", timeout=240)
+        g.send("sleep 30 & p=$!; kill -TERM $p; wait $p; echo sig=$?\n")
+        g.expect(r"sig=143", timeout=60)
+        # Sleeps take their time, and the guest's clock is the host's.
+        g.send("a=$(date +%s); sleep 2; b=$(date +%s); echo slept=$((b-a)) now=$b\n")
+        m = g.expect(r"slept=(\d+) now=(\d+)", timeout=60)
+        assert int(m.group(1)) in (2, 3)
+        assert abs(int(m.group(2)) - time.time()) < 30
+        g.send("poweroff -f\n")
+        assert g.wait(timeout=120).status == 0
+
+
+def test_reboot_restarts_in_place(kernel):
+    with boot(kernel) as g:
+        g.expect(r"# ", timeout=BOOT_TIMEOUT)
+        first = len(g.transcript)
+        g.send("reboot -f\n")
+        g.expect(r"userspace up", timeout=BOOT_TIMEOUT, since=first)
+        g.send("poweroff -f\n")
+        result = g.wait(timeout=BOOT_TIMEOUT)
+    assert result.status == 0
+    assert result.transcript.count("Linux version") == 2

@@ -299,8 +299,18 @@ class Host:
 
     def hcall_shutdown(self, gpa: int, how: int, *_: int) -> None:
         """SHUTDOWN: poweroff ("Power down"), a panic (its text) or, with
-        LGUEST_SHUTDOWN_RESTART, a reboot. lguest read exactly 128 bytes."""
-        raw = self.memory.read(gpa, 128, "SHUTDOWN message")[:127]
+        LGUEST_SHUTDOWN_RESTART, a reboot. lguest read exactly 128 bytes.
+
+        A restart happens even when the message cannot be read: Linux 3.x's
+        `reboot -f` passes __pa(NULL) (0x40000000), and the original Host,
+        which killed the guest for the bad read, still restarted it."""
+        try:
+            raw = self.memory.read(gpa, 128, "SHUTDOWN message")[:127]
+        except GuestFault as bad:
+            if how != LGUEST_SHUTDOWN_RESTART:
+                raise
+            self.finish("restart", f"(no readable message: {bad})")
+            return
         message = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         if how == LGUEST_SHUTDOWN_RESTART:
             self.finish("restart", message)
