@@ -37,3 +37,16 @@ def test_expect_gives_up_when_the_guest_has_ended():
         with pytest.raises(GuestTimeout):
             g.expect("this never appears", timeout=240)
         assert g.wait().status == 3
+
+
+def test_sigterm_stops_the_guest_cleanly_with_130():
+    require_kvm()
+    import time
+    with Guest(os.path.join(os.path.dirname(__file__), "..", "launcher", "data", "lgk.bzImage"),
+               args=["restart"]) as g:           # reboots forever until stopped
+        g.expect(r"lgk: restarting", timeout=240)
+        time.sleep(1)
+        g.stop()                                 # SIGTERM to the launcher
+        result = g.wait(timeout=60)
+    assert result.status == 130, result.stderr
+    assert result.reason == "launcher: interrupted"

@@ -141,3 +141,55 @@ def test_reboot_restarts_in_place(kernel):
         result = g.wait(timeout=BOOT_TIMEOUT)
     assert result.status == 0
     assert result.transcript.count("Linux version") == 2
+
+
+def test_a_terminal_gets_raw_mode_ctrl_c_reaches_the_guest_three_stop_it(kernel):
+    """On a real terminal (a pty here): the launcher puts it in raw mode, a
+    ^C interrupts the guest's foreground command instead of the launcher,
+    three ^C within a second stop the guest, and the terminal's settings
+    come back."""
+    import pty
+    import subprocess
+    import sys
+    import termios
+    import time
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "--mem", "128M", "--initrd",
+                             INITRD, kernel, "console=hvc0"],
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    out = bytearray()
+
+    def read_until(pattern: bytes, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while pattern not in out:
+            assert time.monotonic() < deadline, out[-800:]
+            import select
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    out.extend(os.read(master, 4096))
+                except OSError:
+                    break
+
+    try:
+        read_until(b"# ", BOOT_TIMEOUT)
+        os.write(master, b"sleep 1000\n")
+        time.sleep(3)
+        mark = len(out)
+        os.write(master, b"\x03")                    # one ^C: for the guest's sleep
+        read_until(b"^C", 60)
+        assert proc.poll() is None                   # the launcher is still running
+        os.write(master, b"echo alive=$((40+2))\n")   # and the shell is back at once
+        read_until(b"alive=42", 60)
+        assert len(out) > mark
+        for _ in range(3):                           # three: stop the guest
+            os.write(master, b"\x03")
+            time.sleep(0.1)
+        assert proc.wait(timeout=60) == 130
+        read_until(b"three ^C", 10)
+        assert termios.tcgetattr(slave) == before    # the terminal came back
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
