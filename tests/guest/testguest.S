@@ -211,6 +211,24 @@ stack_top:
         .set PAGE_X, 0x200000           /* two pages the test maps at TEST_VADDR */
         .set PAGE_Y, 0x201000
 
+/* Load the tables at \top, check TEST_VADDR reads \expect through them (and
+   so sits in the TLB), then remap it to PAGE_Y and tell the Host with
+   SET_PTE: the stale TLB entry must go, or the next read sees the old page. */
+        .macro SWITCH_AND_REMAP top, expect
+        movl $LHCALL_NEW_PGTABLE, %eax
+        movl $\top, %ebx
+        int $0x1f
+        cmpl $\expect, TEST_VADDR
+        jne fail
+        movl $(PAGE_Y | 0x3), pt1
+        movl $LHCALL_SET_PTE, %eax
+        movl $\top, %ebx
+        movl $TEST_VADDR, %ecx
+        movl $(PAGE_Y | 0x3), %edx
+        xorl %esi, %esi
+        int $0x1f
+        .endm
+
         .text
 /* Non-PAE tables: identity-map the first 4 MiB, and TEST_VADDR -> PAGE_X. */
         .globl paging, remap_done
@@ -235,20 +253,7 @@ paging:
         movl $pt1, %eax
         orl $0x3, %eax
         movl %eax, pgdir + 4 * (TEST_VADDR >> 22)
-        movl $LHCALL_NEW_PGTABLE, %eax
-        movl $pgdir, %ebx
-        int $0x1f
-        /* Through the new tables (and into the TLB). */
-        cmpl $0x11111111, TEST_VADDR
-        jne fail
-        /* Remap to PAGE_Y and tell the Host: the stale entry must go. */
-        movl $(PAGE_Y | 0x3), pt1
-        movl $LHCALL_SET_PTE, %eax
-        movl $pgdir, %ebx
-        movl $TEST_VADDR, %ecx
-        movl $(PAGE_Y | 0x3), %edx
-        xorl %esi, %esi
-        int $0x1f
+        SWITCH_AND_REMAP pgdir, 0x11111111
         cmpl $0x22222222, TEST_VADDR
         jne fail
 remap_done:
@@ -290,18 +295,7 @@ paging_pae:
         movl $pmd3, %eax
         orl $1, %eax
         movl %eax, pdpt + 24
-        movl $LHCALL_NEW_PGTABLE, %eax
-        movl $pdpt, %ebx
-        int $0x1f
-        cmpl $0x33333333, TEST_VADDR
-        jne fail
-        movl $(PAGE_Y | 0x3), pt1
-        movl $LHCALL_SET_PTE, %eax
-        movl $pdpt, %ebx
-        movl $TEST_VADDR, %ecx
-        movl $(PAGE_Y | 0x3), %edx
-        xorl %esi, %esi
-        int $0x1f
+        SWITCH_AND_REMAP pdpt, 0x33333333
         cmpl $0x44444444, TEST_VADDR
         jne fail
         movl $TEST_DONE, %eax
