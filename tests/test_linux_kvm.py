@@ -193,3 +193,23 @@ def test_a_terminal_gets_raw_mode_ctrl_c_reaches_the_guest_three_stop_it(kernel)
             proc.kill()
         os.close(master)
         os.close(slave)
+
+
+def test_stats_and_trace_of_a_full_boot(kernel, tmp_path):
+    import json
+    import subprocess
+    import sys
+    trace = tmp_path / "trace.json"
+    result = subprocess.run([sys.executable, "-m", "launcher", "--mem", "128M", "--stats",
+                             "--trace", str(trace), "--initrd", INITRD, kernel,
+                             "console=hvc0", "rdinit=/bin/false"],
+                            capture_output=True, text=True, timeout=BOOT_TIMEOUT,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1                       # the planned panic
+    total = re.search(r"^total\s+(\d+)", result.stderr, re.M)
+    assert total and int(total.group(1)) > 1000
+    events = json.loads(trace.read_text())
+    assert len(events) == int(total.group(1))           # one event per exit
+    kinds = {e["name"] for e in events}
+    assert {"LHCALL_LGUEST_INIT", "LHCALL_NEW_PGTABLE", "LHCALL_SHUTDOWN"} <= kinds
+    assert all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
