@@ -170,11 +170,18 @@ def _bz_version(data: bytes) -> str:
     return raw.decode("ascii", "replace")
 
 
+LGUEST_SYMBOLS = ("lguest_entry", "lguest_init")
+
+
 def _load_elf(memory: GuestMemory, path: str, data: bytes, mem: int) -> BootInfo:
     from .loader import load_elf_bytes
-    image = load_elf_bytes(memory, path, data, limit=mem)
+    image = load_elf_bytes(memory, path, data, limit=mem, want_symbols=True)
     m = re.search(rb"Linux version (\S+)", data)
     version = m.group(1).decode("ascii", "replace") if m else ""
+    # A Linux vmlinux with a symbol table tells whether it has lguest support.
+    if version and image.symbols and not any(s in image.symbols for s in LGUEST_SYMBOLS):
+        raise UserError(f"{path} is Linux {version} built without lguest guest support "
+                        "(CONFIG_LGUEST_GUEST)")
     return BootInfo(image.entry, generation(version), version, image.end)
 
 

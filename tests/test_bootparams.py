@@ -98,3 +98,25 @@ def test_initrd_too_big_and_command_line_too_long(tmp_path):
         load(tmp_path, bzimage(), initrd=str(big))
     with pytest.raises(UserError, match="command line"):
         load(tmp_path, bzimage(), cmdline="x" * 3000)
+
+
+def _linux_like_elf(tmp_path, with_lguest: bool) -> str:
+    """A tiny i386 ELF that says 'Linux version' and has a symbol table."""
+    import subprocess
+    src = tmp_path / "k.S"
+    src.write_text(".globl _start\n_start: jmp _start\n"
+                   + (".globl lguest_entry\nlguest_entry: ret\n" if with_lguest else "")
+                   + ".ascii \"Linux version 3.14.40 (test)\\0\"\n")
+    out = tmp_path / ("vmlinux-lg" if with_lguest else "vmlinux-plain")
+    subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-Wl,-N", "-Wl,-Ttext=0x100000",
+                    "-Wl,--build-id=none", "-o", str(out), str(src)], check=True)
+    return str(out)
+
+
+def test_a_vmlinux_without_lguest_support_is_refused(tmp_path):
+    path = _linux_like_elf(tmp_path, with_lguest=False)
+    with pytest.raises(UserError, match="without lguest guest support"):
+        B.load_kernel(GuestMemory(bytearray(MEM)), path, MEM)
+    ok = _linux_like_elf(tmp_path, with_lguest=True)
+    info = B.load_kernel(GuestMemory(bytearray(MEM)), ok, MEM)
+    assert info.layout is G2 and info.version.startswith("3.14.40")
