@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from .kvm import ffi, lib
 from .loader import load_elf

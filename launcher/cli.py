@@ -18,11 +18,15 @@ import re
 import signal
 import sys
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .kvm import KvmError
 from .run import Session
 from .terminal import guest_owns_terminal, stdin_fd
+
+if TYPE_CHECKING:
+    from .run import GuestConfig
 
 EXIT_POWEROFF, EXIT_CRASH, EXIT_USAGE, EXIT_RESTART = 0, 1, 2, 3
 EXIT_TIMEOUT, EXIT_INTERRUPTED = 124, 130

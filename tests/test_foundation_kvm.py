@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kvm_support import TEST_CORRUPT, TEST_ECHO, Harness, guest_elf, require_kvm  # noqa: F401
+from kvm_support import TEST_CORRUPT, TEST_ECHO, Harness, guest_elf  # noqa: F401
 
 pytestmark = pytest.mark.kvm
 

@@ -3,7 +3,6 @@ notifications starting and resetting devices, kicks through the notify map,
 interrupts per virtqueue, the early console."""
 import io
 import struct
-import threading
 import time
 
 import pytest
