@@ -17,6 +17,7 @@ import mmap
 import os
 import sys
 import threading
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -58,10 +59,11 @@ class GuestConfig:
     def devices(self, on_interrupt) -> list[Device]:
         """The lguest bus devices in command-line order, console last (G2)."""
         devs: list[Device] = []
+        seen: Counter[str] = Counter()     # block0, block1, net0 ... per kind
         try:
             for kind, arg in self.devices_spec:
-                n = sum(1 for d in devs if d.type == {"block": Block.type, "net": Net.type,
-                                                      "rng": Rng.type}[kind])
+                n = seen[kind]
+                seen[kind] += 1
                 if kind == "block":
                     path, ro = arg
                     devs.append(Block(path, ro, n))

@@ -43,5 +43,6 @@ class FakeMachine:
         self.requests = RequestArea(self.image, self.regpage)
         self.vcpu = FakeVcpu()
         self.tsc_khz = 1_000_000
+        self.cpuid_faulting = False
         for v in range(IDT_ENTRIES):
             self.idt[v] = self.host_gate(v, 0)

@@ -14,6 +14,7 @@ Next: hypercalls.py for the numbers, traps.py for delivery into the guest.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -293,8 +294,7 @@ class Host:
         self.interrupts.on_held_back = self.clock.wake
 
     def set_wallclock(self, data: LguestData) -> None:
-        import time as _time
-        ns = _time.time_ns()
+        ns = time.time_ns()
         data.set_time(ns // 1_000_000_000, ns % 1_000_000_000)
 
     def hcall_shutdown(self, gpa: int, how: int, *_: int) -> None:
@@ -385,7 +385,7 @@ class Host:
     def emulate_cpuid(self) -> bool:
         """CPUID, when the Machine had to make it fault (machine.py,
         svm_without_nrips): answer from the table KVM was given."""
-        if not getattr(self.machine, "cpuid_faulting", False):
+        if not self.machine.cpuid_faulting:
             return False
         r = self.regs
         if self.read_guest_code(r[EIP], 2) != b"\x0f\xa2":

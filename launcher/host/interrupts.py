@@ -19,7 +19,6 @@ the timer thread to keep kicking until delivery succeeds.
 from __future__ import annotations
 
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from ..machine import X86_EFLAGS_IF
@@ -108,6 +107,3 @@ class Interrupts:
         if not cand:
             data.set("irq_pending", 0)
 
-
-def monotonic_ns() -> int:
-    return time.monotonic_ns()
