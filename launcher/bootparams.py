@@ -81,6 +81,18 @@ def generation(version: str) -> LguestDataLayout:
     return G2
 
 
+def kernel_layout(data: bytes) -> LguestDataLayout:
+    """The generation of a kernel image's bytes, before loading it: from a
+    bzImage's version string, or a vmlinux's "Linux version" banner. An
+    image without either (the own guest's ELF) speaks G2."""
+    if data[:4] == b"\x7fELF":
+        m = re.search(rb"Linux version (\S+)", data)
+        return generation(m.group(1).decode("ascii", "replace") if m else "")
+    if len(data) > ZP_HEADER + 4 and data[ZP_HEADER:ZP_HEADER + 4] == b"HdrS":
+        return generation(_bz_version(data))
+    return G2
+
+
 def read_image(path: str) -> bytes:
     try:
         with open(path, "rb") as f:

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the guest uses PAE page tables (default: told from its first table)")
     pae.add_argument("--no-pae", dest="pae", action="store_false",
                      help="the guest uses two-level (non-PAE) page tables")
+    p.add_argument("--no-ioeventfd", dest="ioeventfd", action="store_false",
+                   help="G3 guests: take queue kicks as MMIO exits handled in Python, not "
+                        "as KVM ioeventfds (slower; for measuring and debugging)")
     p.add_argument("--no-testbed", action="store_true",
                    help="where this host's KVM cannot run lguest guests, stop instead of "
                         "re-running inside the testbed VM")
@@ -201,7 +204,7 @@ def make_config(args: argparse.Namespace) -> "GuestConfig":
     cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
     return GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
                        reboot=not args.no_reboot, pae=args.pae, timeout=args.timeout,
-                       stats=args.stats, trace=args.trace,
+                       stats=args.stats, trace=args.trace, ioeventfd=args.ioeventfd,
                        devices_spec=[(k, parse_block(v) if k == "block" else v)
                                      for k, v in (getattr(args, "devices", None) or [])],
                        stdin=stdin_fd())

@@ -148,6 +148,19 @@ class Vm:
                "KVM_SET_USER_MEMORY_REGION")
         self.regions[slot] = region
 
+    def ioeventfd(self, addr: int, length: int, fd: int, datamatch: int | None = None,
+                  deassign: bool = False) -> None:
+        """KVM_IOEVENTFD: a guest write of ``length`` bytes at MMIO address
+        ``addr`` (equal to ``datamatch``, if given) signals eventfd ``fd``
+        inside KVM, without an exit to us."""
+        e = ffi.new("struct kvm_ioeventfd *")
+        e.addr, e.len, e.fd = addr, length, fd
+        e.flags = lib.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0
+        if datamatch is not None:
+            e.datamatch = datamatch
+            e.flags |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, e), "KVM_IOEVENTFD")
+
     def create_vcpu(self, index: int, kick_vector: int) -> "Vcpu":
         fd = _check(lib.shim_ioctl_int(self.fd, lib.KVM_CREATE_VCPU, index), "KVM_CREATE_VCPU")
         return Vcpu(self, fd, kick_vector)
@@ -180,6 +193,21 @@ class Vcpu:
         if ret < 0 and ret not in (lib.SHIM_RUN_SIGNAL, lib.SHIM_RUN_STOPPED):
             raise KvmError("KVM_RUN", -ret)
         return ret
+
+    def mmio_access(self) -> tuple[int, int, int | None]:
+        """After KVM_EXIT_MMIO: (guest-physical address, width, the value
+        written, or None for a read)."""
+        m = self.mmio
+        width = m.len
+        if not m.is_write:
+            return m.phys_addr, width, None
+        return m.phys_addr, width, int.from_bytes(ffi.buffer(m.data)[0:min(width, 8)], "little")
+
+    def mmio_complete_read(self, value: int) -> None:
+        """The data a read returns; KVM puts it in the register at the
+        next KVM_RUN."""
+        width = min(self.mmio.len, 8)
+        ffi.buffer(self.mmio.data)[0:width] = value.to_bytes(width, "little")
 
     def kick(self) -> None:
         """From any thread: make the guest take the kick vector at its next

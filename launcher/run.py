@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 from .host import Host, Outcome
 from .host.trace import ExitRecorder
-from .bootparams import load_kernel, read_image
+from .bootparams import kernel_layout, load_kernel, read_image
+from .host.lguest_data import G3
 from .kvm import Kvm
 from .errors import UserError
 from .machine import Machine
@@ -33,6 +34,7 @@ from .virtio.block import Block
 from .virtio.console import Console
 from .virtio.device import Device
 from .virtio.lguest_bus import LguestBus, pages_needed
+from .virtio.pci_bus import PciBus
 from .virtio.net import Net
 from .virtio.rng import Rng
 from .switcher import DATA_DIR, load_image
@@ -55,9 +57,11 @@ class GuestConfig:
     devices_spec: list[tuple[str, object]] = field(default_factory=list)
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stdin: int | None = None         # the console's input descriptor, if any
+    ioeventfd: bool = True           # G3: queue kicks as KVM ioeventfds (no exit)
 
     def devices(self, on_interrupt) -> list[Device]:
-        """The lguest bus devices in command-line order, console last (G2)."""
+        """The devices in command-line order, console last (the lguest bus's
+        order; the PCI bus moves it to slot 1)."""
         devs: list[Device] = []
         seen: Counter[str] = Counter()     # block0, block1, net0 ... per kind
         try:
@@ -88,17 +92,21 @@ class Session:
         self.config = config
         self.kernel = read_image(config.kernel)
         self.initrd = read_image(config.initrd) if config.initrd else None
+        # G1/G2 find devices on the lguest bus, G3 on PCI: the kernel's
+        # version string says which before anything boots.
+        self.layout = kernel_layout(self.kernel)
         self.host: Host | None = None
         self.devices = config.devices(self.console_interrupt)
         self.kvm: Kvm | None = None
         self.recorder: ExitRecorder | None = None
-        if config.stats or config.trace:
-            try:
-                trace = open(config.trace, "w") if config.trace else None
-            except OSError as exc:
+        if config.trace:
+            # Say now if the file cannot be written, but create it only
+            # where the guest runs (open_kvm): a launcher that hands the run
+            # to the testbed must not leave its own copy over the real one.
+            where = os.path.dirname(os.path.abspath(config.trace))
+            if os.path.isdir(config.trace) or not os.access(where, os.W_OK):
                 self.close()
-                raise UserError(f"--trace {config.trace}: {exc.strerror}") from None
-            self.recorder = ExitRecorder(trace)
+                raise UserError(f"--trace {config.trace}: cannot write there")
         self.deadline = time.monotonic() + config.timeout if config.timeout else None
 
     def console_interrupt(self) -> None:
@@ -133,18 +141,36 @@ class Session:
         load_image()
         if self.kvm is None:
             self.kvm = Kvm()
+        c = self.config
+        if self.recorder is None and (c.stats or c.trace):
+            try:
+                trace = open(c.trace, "w") if c.trace else None
+            except OSError as exc:
+                raise UserError(f"--trace {c.trace}: {exc.strerror}") from None
+            self.recorder = ExitRecorder(trace)
 
     def boot(self) -> Outcome:
         c = self.config
         self.open_kvm()
-        bus = LguestBus(self.devices, early_console=c.console)
-        machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm)
+        if self.layout is G3:
+            bus: LguestBus | PciBus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
+            machine = Machine(c.mem, kvm=self.kvm)
+            if bus.limit > machine.image.SW_BASE:
+                machine.close(keep_kvm=True)
+                raise UserError(f"--mem {c.mem >> 20}M leaves no room for the PCI devices' "
+                                "registers below 4 GiB: give the guest less memory")
+        else:
+            bus = LguestBus(self.devices, early_console=c.console)
+            machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm)
         timer = None
         try:
             boot = self._load(machine.memory)
             machine.set_start(boot.entry)
             host = self.host = Host(machine, layout=boot.layout, pae=c.pae)
-            bus.install(host, c.mem)
+            if isinstance(bus, PciBus):
+                bus.install(host, vm=machine.vm)
+            else:
+                bus.install(host, c.mem)
             host.recorder = self.recorder
             if self.deadline is not None:
                 timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), host.stop,

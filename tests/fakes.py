@@ -23,6 +23,16 @@ class FakeVcpu:
     def stop(self) -> None:
         self.stopped = True
 
+    # KVM_EXIT_MMIO: tests set mmio_next; a read's data lands in mmio_result.
+    mmio_next: tuple = (0, 4, None)
+    mmio_result: int | None = None
+
+    def mmio_access(self) -> tuple:
+        return self.mmio_next
+
+    def mmio_complete_read(self, value: int) -> None:
+        self.mmio_result = value
+
 
 class FakeMachine:
     host_gate = Machine.host_gate

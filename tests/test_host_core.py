@@ -174,6 +174,37 @@ def test_launcher_can_claim_ports():
     assert seen == [(0x70, 1, 0x42)]
 
 
+def test_a_refused_port_write_is_the_guests_gp():
+    h = make_host()
+    h.port_out = lambda port, size, value: False
+    h.memory.write(0x2000, b"\xef")                    # out dx, eax
+    r = h.regs
+    r[TRAPNUM], r[ERRCODE], r[EIP], r[EDX] = 13, 0, 0x2000, 0xCFC
+    with pytest.raises(GuestFault, match="unhandled trap 13 at 0x2000"):
+        h.handle_trap()                                # no handler: reflecting it kills
+    assert r[EIP] == 0x2000
+
+
+def test_mmio_exits_go_to_the_launcher_and_reads_complete():
+    h = make_host()
+    vcpu = h.machine.vcpu
+    seen = []
+    h.on_mmio = lambda addr, width, value: seen.append((addr, width, value)) or 0xBEEF
+    vcpu.mmio_next = (0x5000000, 2, None)
+    h.handle_mmio()
+    assert seen == [(0x5000000, 2, None)] and vcpu.mmio_result == 0xBEEF
+    vcpu.mmio_next = (0x5000038, 2, 1)
+    h.handle_mmio()
+    assert seen[-1] == (0x5000038, 2, 1)
+    vcpu.mmio_next = (0x5000000, 8, 0)
+    with pytest.raises(GuestFault, match="outside its memory"):
+        h.handle_mmio()
+    h.on_mmio = None
+    vcpu.mmio_next = (0x5000000, 4, None)
+    with pytest.raises(GuestFault, match="0x5000000"):
+        h.handle_mmio()
+
+
 @pytest.mark.parametrize("number", [3, 11, 12, 20, 64, 0xFFFFFFFF])
 def test_unused_hypercall_numbers_kill(number):
     h = make_host()

@@ -123,6 +123,24 @@ def test_set_pte_checks_and_requests():
         h.pagetables.set_pte(PD, 0x1000, 0x7FFF0000 | 0x1, 0)
 
 
+def test_pages_may_map_device_registers_but_tables_may_not():
+    """G3: a PTE may point at a PCI BAR above RAM (device_limit); a page
+    table (PDE) there is still refused."""
+    h, m = make()
+    non_pae_tables(m)
+    h.pagetables.new_pgtable(PD)
+    bar = m.memory.size + (1 << 20)
+    with pytest.raises(GuestFault, match="beyond guest memory"):
+        h.pagetables.set_pte(PD, 0xC8000000, bar | 0x13, 0)
+    h.device_limit = bar + 0x1000
+    h.pagetables.set_pte(PD, 0xC8000000, bar | 0x13, 0)
+    with pytest.raises(GuestFault, match="beyond guest memory"):
+        h.pagetables.set_pte(PD, 0xC8001000, (bar + 0x1000) | 0x13, 0)
+    m.memory.set_u32(PD + 4 * 5, bar | 0x67)
+    with pytest.raises(GuestFault, match="beyond guest memory"):
+        h.pagetables.set_pgd(PD, 5)
+
+
 def test_many_invlpgs_become_one_flush():
     h, m = make()
     for i in range(h.requests.invlpg_max + 5):

@@ -79,6 +79,7 @@ class Host:
         self.kernel_address = 0
         self.last_cr2 = 0
         self.ram_limit = machine.layout.slot0_size
+        self.device_limit = self.ram_limit   # G3: the end of the PCI BARs
         self.pagetables = PageTables(self, pae)
         self.interrupts = Interrupts(self)
         self.async_ring = AsyncRing(self)
@@ -118,7 +119,12 @@ class Host:
         self.on_notify: Callable[[int], None] = lambda gpa: None
         # Tests and the Launcher may hook the port-I/O emulation.
         self.port_in: Callable[[int, int], int] | None = None
-        self.port_out: Callable[[int, int, int], None] | None = None
+        # Returns False to refuse the write: the guest then gets the #GP.
+        self.port_out: Callable[[int, int, int], bool | None] | None = None
+        # G3: loads and stores to device windows above RAM, which KVM
+        # decoded for us: (gpa, width, value or None for a read) -> read value.
+        self.on_mmio: Callable[[int, int, int | None], int] | None = None
+        self.mmio_kind: Callable[[int], str] | None = None   # names them for --stats
 
     # -- ending a run ----------------------------------------------------------
     def kill(self, reason: str) -> None:
@@ -136,8 +142,11 @@ class Host:
         exit_port = self.image.SW_EXIT_PORT
         fault_port = self.image.SW_FAULT_PORT
         handle_trap = self.handle_trap
+        handle_mmio = self.handle_mmio
         if self.recorder is not None:
             handle_trap = self.recorder.wrap(self, handle_trap)
+            handle_mmio = self.recorder.wrap_mmio(self, handle_mmio)
+        mmio = lib.KVM_EXIT_MMIO
         at_exit = True     # the vCPU sits right after the Switcher's `out`
         try:
             while self.outcome is None:
@@ -150,6 +159,8 @@ class Host:
                     at_exit = reason == lib.KVM_EXIT_IO and io.port == exit_port
                     if at_exit:
                         handle_trap()
+                    elif reason == mmio:
+                        handle_mmio()
                     elif reason == lib.SHIM_RUN_SIGNAL:
                         self.signals += 1       # Python's handlers have run
                     elif reason == lib.SHIM_RUN_STOPPED:
@@ -211,12 +222,24 @@ class Host:
         else:
             self.traps.reflect(trapnum)
 
+    def handle_mmio(self) -> None:
+        """A load or store outside every memory slot. KVM decoded it and
+        will finish it (a load, with the data we leave in kvm_run) at the
+        next KVM_RUN. The vCPU is mid-instruction, not at the Switcher's
+        exit, so the register page is not the guest's state now."""
+        vcpu = self.machine.vcpu
+        addr, width, value = vcpu.mmio_access()
+        if self.on_mmio is None or width not in (1, 2, 4):
+            raise GuestFault(f"guest accessed {addr:#x} ({width} bytes), outside its memory")
+        if value is not None:
+            self.on_mmio(addr, width, value)
+        else:
+            vcpu.mmio_complete_read(self.on_mmio(addr, width, None))
+
     def unusual_exit(self, reason: int, fault_port: int) -> None:
         vcpu = self.machine.vcpu
         if reason == lib.KVM_EXIT_IO and vcpu.io.port == fault_port:
             raise GuestFault(self.switcher_fault_message())
-        if reason == lib.KVM_EXIT_MMIO:
-            raise GuestFault(f"guest accessed {vcpu.mmio.phys_addr:#x}, outside its memory")
         if reason == lib.KVM_EXIT_SHUTDOWN:
             raise GuestFault("the guest triple-faulted (the CPU shut down)")
         if reason == lib.KVM_EXIT_IO:
@@ -424,8 +447,9 @@ class Host:
         if not op & 1:
             size = 1
         if op & 2:                           # out
-            if self.port_out is not None:
-                self.port_out(port, size, r[EAX] & ((1 << (8 * size)) - 1))
+            if self.port_out is not None and \
+                    self.port_out(port, size, r[EAX] & ((1 << (8 * size)) - 1)) is False:
+                return False                 # refused: the guest gets its #GP
         else:
             mask = (1 << (8 * size)) - 1
             value = self.port_in(port, size) if self.port_in is not None else mask

@@ -87,10 +87,11 @@ class PageTables:
             raise GuestFault(f"bad PAE PDPT entry {pdpte:#x}: only the present bit may be set")
         self.check_frame(pdpte & PAE_FRAME, pdpte)
 
-    def check_frame(self, gpa: int, entry: int) -> None:
-        if gpa >= self.host.ram_limit:
+    def check_frame(self, gpa: int, entry: int, limit: int | None = None) -> None:
+        limit = self.host.ram_limit if limit is None else limit
+        if gpa >= limit:
             raise GuestFault(f"page-table entry {entry:#x} points at {gpa:#x}, beyond "
-                             f"guest memory ({self.host.ram_limit:#x})")
+                             f"guest memory ({self.host.ram_limit:#x}) and its devices")
 
     def set_pte(self, top: int, vaddr: int, low: int, high: int) -> None:
         if vaddr >= self.reserved_start:
@@ -99,7 +100,9 @@ class PageTables:
         if pte & PTE_P:
             if pte & PTE_PS:
                 raise GuestFault(f"SET_PTE {pte:#x} at {vaddr:#x}: PSE/PAT bit set")
-            self.check_frame(pte & (PAE_FRAME if self.pae else 0xFFFFF000), pte)
+            # A page may map device registers (G3's BARs); a table may not.
+            self.check_frame(pte & (PAE_FRAME if self.pae else 0xFFFFF000), pte,
+                             self.host.device_limit)
         # Kernel mappings are shared by every address space; a change to the
         # current one must leave the TLB. Other address spaces hold no TLB
         # entries: every cr3 load flushes everything (CR4.PGE is off).

@@ -39,12 +39,12 @@ class ExitRecorder:
             trace.write("[\n")
 
     def wrap(self, host: "Host", handle: Callable[[], None]) -> Callable[[], None]:
+        """Trips through the Switcher: hypercalls, traps, kicks."""
         regs = host.regs
-        clock = time.monotonic_ns
 
         def recorded() -> None:
             trapnum, eax = regs[TRAPNUM], regs[EAX]
-            kind = exit_kind(trapnum, eax)
+            args = None
             if self.trace is not None:
                 args = ({"args": [regs[EBX], regs[ECX], regs[EDX], regs[ESI]]}
                         if trapnum == LGUEST_TRAP_ENTRY
@@ -52,21 +52,36 @@ class ExitRecorder:
                 args["eip"] = regs[EIP]
                 if trapnum == 14:
                     args["cr2"] = host.requests.cr2
-            t0 = clock()
-            result = "ok"
-            try:
-                handle()
-            except Exception as exc:          # recorded, then handled by the loop
-                result = str(exc)
-                raise
-            finally:
-                t1 = clock()
-                self.counts[kind] += 1
-                self.total_ns[kind] += t1 - t0
-                if self.trace is not None:
-                    args["result"] = result
-                    self._event(kind, t0, t1, args)
+            self._measure(exit_kind(trapnum, eax), args, handle)
         return recorded
+
+    def wrap_mmio(self, host: "Host", handle: Callable[[], None]) -> Callable[[], None]:
+        """MMIO exits (G3 device registers), named by the register touched."""
+        vcpu = host.machine.vcpu
+
+        def recorded() -> None:
+            addr, width, value = vcpu.mmio_access()
+            kind = host.mmio_kind(addr) if host.mmio_kind is not None else "mmio"
+            args = ({"addr": addr, "len": width, "value": value}
+                    if self.trace is not None else None)
+            self._measure(kind, args, handle)
+        return recorded
+
+    def _measure(self, kind: str, args: dict | None, handle: Callable[[], None]) -> None:
+        t0 = time.monotonic_ns()
+        result = "ok"
+        try:
+            handle()
+        except Exception as exc:          # recorded, then handled by the loop
+            result = str(exc)
+            raise
+        finally:
+            t1 = time.monotonic_ns()
+            self.counts[kind] += 1
+            self.total_ns[kind] += t1 - t0
+            if args is not None:
+                args["result"] = result
+                self._event(kind, t0, t1, args)
 
     def _event(self, name: str, t0: int, t1: int, args: dict) -> None:
         event = {"name": name, "ph": "X", "pid": 1, "tid": 1,

@@ -17,6 +17,9 @@ from .device import Device
 from .vring import Vring
 
 VIRTIO_ID_CONSOLE = 3
+VIRTIO_CONSOLE_F_EMERG_WRITE = 2
+# virtio_console_config {u16 cols, u16 rows, u32 max_nr_ports, u32 emerg_wr}
+EMERG_WR_OFFSET = 8
 CTRL_C = b"\x03"
 CTRL_C_WINDOW = 1.0
 
@@ -37,6 +40,21 @@ class Console(Device):
     def start(self, queues) -> None:
         super().start(queues)
         self.input_waiting = False       # a reboot starts with fresh rings
+
+    # Over virtio-PCI (G3) the console also offers the emergency write: a
+    # byte written to emerg_wr goes straight out, even before the driver
+    # is up. The guest's earliest messages arrive this way.
+    def modern_features(self) -> int:
+        return self.features() | (1 << VIRTIO_CONSOLE_F_EMERG_WRITE)
+
+    def modern_config(self) -> bytes:
+        return bytes(EMERG_WR_OFFSET + 4)
+
+    def emergency_write_offset(self) -> int | None:
+        return EMERG_WR_OFFSET
+
+    def emergency_write(self, byte: int) -> None:
+        self.write(bytes([byte]))
 
     def extra_fds(self) -> list[int]:
         return [] if self.in_fd is None else [self.in_fd]

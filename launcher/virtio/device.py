@@ -30,12 +30,29 @@ class Device:
     type: int = 0
     name: str = "device"
     num_queues: int = 1
+    accepted: int = 0          # the features the driver accepted (set at start)
 
     def features(self) -> int:
         return 0
 
     def config(self) -> bytes:
         return b""
+
+    def modern_features(self) -> int:
+        """Features offered over virtio-PCI (G3); the transport adds VERSION_1."""
+        return self.features()
+
+    def modern_config(self) -> bytes:
+        """Device config over virtio-PCI, where it may differ from the lguest bus's."""
+        return self.config()
+
+    def emergency_write_offset(self) -> int | None:
+        """Where in the device config a write goes straight out (the
+        console's emerg_wr), or None."""
+        return None
+
+    def emergency_write(self, byte: int) -> None:
+        pass
 
     def extra_fds(self) -> list[int]:
         return []

@@ -1,9 +1,10 @@
 """virtio-net (type 1) over a host tap device (lguest-abi.md §9.6).
 
 The tap is opened with IFF_NO_PI | IFF_VNET_HDR, so every frame crossing it
-carries the same 10-byte legacy virtio_net_hdr the guest puts in front of
-its frames: transmit is one writev of the guest's chain, receive one readv
-into the guest's buffers, with no copying or parsing in Python.
+carries the same virtio_net_hdr the guest puts in front of its frames (10
+bytes on the lguest bus; 12 once a G3 driver accepts VERSION_1, and the
+tap is told so): transmit is one writev of the guest's chain, receive one
+readv into the guest's buffers, with no copying or parsing in Python.
 
 ``--tunnet IP[:MAC]`` gives the host side of the tap that address (a /24)
 and brings it up; ``--tunnet bridge:BR[:MAC]`` adds it to bridge BR.
@@ -26,7 +27,9 @@ VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN = 11, 12, 
 VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_ANY_LAYOUT = 28, 27
 VIRTIO_NET_S_LINK_UP = 1
 
-TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
+TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ = 0x400454CA, 0x400454D0, 0x400454D8
+VIRTIO_F_VERSION_1 = 32
+LEGACY_HDR_LEN, V1_HDR_LEN = 10, 12     # virtio_net_hdr; + num_buffers with VERSION_1
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 
@@ -115,6 +118,15 @@ class Net(Device):
 
     def config(self) -> bytes:
         return (self.mac or bytes(6)) + struct.pack("<HH", VIRTIO_NET_S_LINK_UP, 1)
+
+    def start(self, queues: list[Vring]) -> None:
+        super().start(queues)
+        size = V1_HDR_LEN if self.accepted >> VIRTIO_F_VERSION_1 & 1 else LEGACY_HDR_LEN
+        try:
+            fcntl.ioctl(self.tap, TUNSETVNETHDRSZ, struct.pack("i", size))
+        except OSError:
+            if self.ifname != "test":        # a test's socket stands in for the tap
+                raise
 
     def extra_fds(self) -> list[int]:
         return [self.tap]

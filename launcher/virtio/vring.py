@@ -46,19 +46,46 @@ class Chain:
 
 
 class Vring:
+    """A legacy ring laid out from one base (the lguest bus), or, with
+    ``Vring.split``, the three parts wherever a virtio 1.0 driver put them."""
+
     def __init__(self, memory: GuestMemory, base: int, num: int, align: int, name: str) -> None:
+        used = (base + 16 * num + 4 + 2 * num + 2 + align - 1) & ~(align - 1)
+        self._setup(memory, num, name, base, base + 16 * num, used)
+        self.base: int | None = base
+        self._check_part(base, vring_size(num, align), "ring")
+
+    @classmethod
+    def split(cls, memory: GuestMemory, num: int, name: str, desc: int, avail: int,
+              used: int) -> "Vring":
+        """Rings a virtio 1.0 driver placed itself: each part aligned as the
+        spec says (16, 2, 4) and wholly inside guest memory."""
+        vq = cls.__new__(cls)
+        vq._setup(memory, num, name, desc, avail, used)
+        vq.base = None
+        for what, addr, align, size in (("descriptor table", desc, 16, 16 * num),
+                                        ("avail ring", avail, 2, 6 + 2 * num),
+                                        ("used ring", used, 4, 6 + 8 * num)):
+            if addr % align:
+                raise GuestFault(f"{name}: {what} at {addr:#x} is not {align}-byte aligned")
+            vq._check_part(addr, size, what)
+        return vq
+
+    def _setup(self, memory: GuestMemory, num: int, name: str, desc: int, avail: int,
+               used: int) -> None:
         if num == 0 or num & (num - 1) or num > 32768:
             raise GuestFault(f"{name}: ring size {num} is not a power of two up to 32768")
-        self.memory, self.base, self.num, self.name = memory, base, num, name
-        self.desc = base
-        self.avail = base + 16 * num
-        self.used = (self.avail + 4 + 2 * num + 2 + align - 1) & ~(align - 1)
-        try:
-            memory.check(base, vring_size(num, align), f"{name} ring")
-        except GuestMemoryError as exc:
-            raise GuestFault(f"{name}: the ring does not fit in guest memory ({exc})") from None
+        self.memory, self.num, self.name = memory, num, name
+        self.desc, self.avail, self.used = desc, avail, used
         self.last_avail = 0
         self.used_since_irq = False
+
+    def _check_part(self, addr: int, size: int, what: str) -> None:
+        try:
+            self.memory.check(addr, size, f"{self.name} {what}")
+        except GuestMemoryError as exc:
+            raise GuestFault(f"{self.name}: the {what} does not fit in guest memory "
+                             f"({exc})") from None
 
     # -- taking requests -----------------------------------------------------------
     def avail_idx(self) -> int:
@@ -153,6 +180,10 @@ class Vring:
             memory_barrier()        # the guest must see this before we re-read avail
 
     def reset(self) -> None:
-        self.memory.write(self.base, bytes(self.used + 4 + 8 * self.num + 2 - self.base))
+        """Forget the ring's progress. A legacy ring lives in pages the
+        Launcher owns, so it is cleared for the next driver; a virtio 1.0
+        driver's rings are its own memory and stay as they are."""
+        if self.base is not None:
+            self.memory.write(self.base, bytes(self.used + 4 + 8 * self.num + 2 - self.base))
         self.last_avail = 0
         self.used_since_irq = False

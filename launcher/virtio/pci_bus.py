@@ -1,0 +1,194 @@
+"""The G3 transport: virtio 1.0 devices on an emulated PCI bus (lguest-abi.md §10).
+
+Two kinds of guest access reach it:
+
+- **Port I/O** to 0xCF8-0xCFF (type-1 configuration cycles). At ring 1 an
+  `in`/`out` faults; the Host's #GP emulation (host/core.py, emulate_io)
+  decodes it and calls ``port_in``/``port_out`` here.
+- **MMIO** to a BAR0 window. The windows sit above RAM, where KVM has no
+  memory slot, so a guest load or store there is a KVM_EXIT_MMIO that KVM
+  has already decoded (address, width, data): no instruction decoder in
+  Python, unlike the original Launcher. The Host passes it to ``mmio``.
+
+Slot 0 is a dummy host bridge (the guest's probe wants one), the console is
+slot 1 with INTERRUPT_LINE 1 (the early console insists), and the other
+devices follow in command-line order with lines 2, 3, ... Each BAR0 is
+aligned to its power-of-two size, from RAM's end + 1 MiB.
+
+Kicks: the notify register is one address per function and the guest
+writes the queue index. When the device goes live each index is bound to
+its queue's eventfd with KVM_IOEVENTFD, so a kick wakes the device thread
+without the vCPU leaving the kernel; a kick KVM did not match (a bad index,
+or ioeventfd unavailable) still arrives as an MMIO exit and is checked here.
+"""
+from __future__ import annotations
+
+
+from ..errors import GuestFault
+from ..kvm import KvmError
+from ..memory import GuestMemory
+from .device import Device
+from .pci_config import DEVICE_CFG_OFFSET, NOTIFY_OFFSET, ConfigSpace, bar_size
+from .pci_function import VirtioPciFunction
+
+PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA = 0xCF8, 0xCFC
+PCI_CONFIG_ENABLE = 1 << 31
+KBD_STATUS_PORT = 0x64
+# Linux 4.x calibrates the CPU against PIT channel 2 even under lguest: with
+# all ones it waits 50,000 reads for the counter's high byte to move. A
+# counter that reads 0 fails the calibration at once, and the guest uses the
+# TSC frequency lguest_data gave it, as it would anyway.
+PIT_CHANNEL2_PORT = 0x42
+MAX_SLOTS = 32
+BAR_GAP = 1 << 20                        # BARs start 1 MiB above the end of RAM
+
+
+class PciBus:
+    def __init__(self, devices: list[Device], mem: int, *, use_ioeventfd: bool = True,
+                 console_first: bool = True) -> None:
+        ordered = sorted(devices, key=lambda d: d.type != 3) if console_first else devices
+        if len(ordered) >= MAX_SLOTS:
+            raise ValueError(f"too many devices for one PCI bus ({MAX_SLOTS - 1} at most)")
+        self.devices = ordered
+        self.mem = mem
+        self.use_ioeventfd = use_ioeventfd
+        self.address = 0                  # the CONFIG_ADDRESS latch
+        self.bridge = ConfigSpace.host_bridge()
+        self.functions: list[VirtioPciFunction] = []
+        self.bars: list[tuple[int, int]] = []   # (address, size) in slot order
+        at = mem + BAR_GAP
+        for dev in ordered:
+            size = bar_size(DEVICE_CFG_OFFSET + len(dev.modern_config()))
+            at = (at + size - 1) & ~(size - 1)
+            self.bars.append((at, size))
+            at += size
+        self.limit = at                   # the first byte above every BAR
+        self.ioeventfds: dict[VirtioPciFunction, list[tuple[int, int, int]]] = {}
+        self.ioeventfd_failures = 0
+        self.mmio_counts = {"notify": 0, "isr": 0, "common": 0, "device": 0}
+
+    def install(self, host, memory: GuestMemory | None = None, vm=None) -> None:
+        """Create the functions over ``host``'s memory and take over its
+        port and MMIO hooks. ``vm`` (a kvm.Vm) enables ioeventfd."""
+        self.host, self.vm = host, vm
+        memory = memory if memory is not None else host.memory
+        for slot, (dev, (bar, _size)) in enumerate(zip(self.devices, self.bars), start=1):
+            fn = VirtioPciFunction(dev, slot, slot, bar, memory, host.interrupts.raise_irq,
+                                   self.fault)
+            fn.on_live, fn.on_reset = self._bind_kicks, self._unbind_kicks
+            self.functions.append(fn)
+        host.port_in, host.port_out = self.port_in, self.port_out
+        host.on_mmio, host.mmio_kind = self.mmio, self.kind_of
+        host.device_limit = self.limit         # PTEs may map the BARs
+
+    # -- configuration cycles (ports) ----------------------------------------------
+    def port_in(self, port: int, size: int) -> int:
+        mask = (1 << (8 * size)) - 1
+        if PCI_CONFIG_ADDRESS <= port < PCI_CONFIG_ADDRESS + 4:
+            return (self.address >> (8 * (port - PCI_CONFIG_ADDRESS))) & mask
+        if PCI_CONFIG_DATA <= port < PCI_CONFIG_DATA + 4:
+            target = self._target(port, size)
+            if target is None:
+                return mask
+            config, offset, width = target
+            return config.read(offset, width)
+        if port == KBD_STATUS_PORT:
+            return 1
+        if port == PIT_CHANNEL2_PORT:
+            return 0
+        return mask
+
+    def port_out(self, port: int, size: int, value: int) -> bool:
+        """False when the guest may not write there (a #GP for it)."""
+        if PCI_CONFIG_ADDRESS <= port < PCI_CONFIG_ADDRESS + 4:
+            shift = 8 * (port - PCI_CONFIG_ADDRESS)
+            mask = ((1 << (8 * size)) - 1) << shift & 0xFFFFFFFF
+            self.address = (self.address & ~mask) | ((value << shift) & mask)
+            return True
+        if PCI_CONFIG_DATA <= port < PCI_CONFIG_DATA + 4:
+            target = self._target(port, size)
+            if target is None:
+                return False
+            config, offset, width = target
+            return config.write(offset, width, value)
+        return True                       # other ports: ignored, as on lguest
+
+    def _target(self, port: int, size: int) -> tuple[ConfigSpace, int, int] | None:
+        """Which function's config, at what byte, the latched address and
+        this data port name; None for an absent or invalid target."""
+        a = self.address
+        bus, slot, func, reg = (a >> 16) & 0xFF, (a >> 11) & 0x1F, (a >> 8) & 7, a & 0xFC
+        if not a & PCI_CONFIG_ENABLE or bus or func or reg >= 152:
+            return None
+        if slot == 0:
+            config = self.bridge
+        elif slot <= len(self.functions):
+            config = self.functions[slot - 1].config
+        else:
+            return None
+        byte = port - PCI_CONFIG_DATA
+        return config, reg + byte, min(size, 4 - byte)   # never past the dword
+
+    # -- BAR0 windows (MMIO) --------------------------------------------------------
+    def mmio(self, addr: int, width: int, value: int | None) -> int:
+        """A KVM_EXIT_MMIO: ``value`` is None for a read, which returns the data."""
+        for fn in self.functions:
+            base = fn.config.bar_address
+            if base <= addr < base + fn.config.bar_bytes:
+                offset = addr - base
+                if offset + width > fn.mmio_size:
+                    raise fn.fail(f"accessed BAR0 offset {offset} ({width} bytes), past its "
+                                  f"{fn.mmio_size} bytes of registers")
+                self._count(offset)
+                if value is None:
+                    return fn.read(offset, width)
+                fn.write(offset, width, value)
+                return 0
+        raise GuestFault(f"guest accessed {addr:#x}, outside its memory and every device")
+
+    def _count(self, offset: int) -> None:
+        kind = ("notify" if offset == NOTIFY_OFFSET else "isr" if offset == NOTIFY_OFFSET + 2
+                else "device" if offset >= DEVICE_CFG_OFFSET else "common")
+        self.mmio_counts[kind] += 1
+
+    def kind_of(self, addr: int) -> str:
+        """A name for --stats: which register an MMIO exit touched."""
+        for fn in self.functions:
+            base = fn.config.bar_address
+            if base <= addr < base + fn.config.bar_bytes:
+                offset = addr - base
+                if offset == NOTIFY_OFFSET:
+                    return f"mmio {fn.name} notify"
+                if offset == NOTIFY_OFFSET + 2:
+                    return f"mmio {fn.name} isr"
+                return f"mmio {fn.name} config"
+        return "mmio unclaimed"
+
+    # -- kicks without an exit -----------------------------------------------------
+    def _bind_kicks(self, fn: VirtioPciFunction) -> None:
+        if not self.use_ioeventfd or self.vm is None or fn.runner is None:
+            return
+        notify = fn.config.bar_address + NOTIFY_OFFSET
+        bound = []
+        try:
+            for index, fd in enumerate(fn.runner.kick_fds):
+                self.vm.ioeventfd(notify, 2, fd, datamatch=index)
+                bound.append((notify, fd, index))
+        except KvmError:
+            self.ioeventfd_failures += 1   # the MMIO exit path still works
+        self.ioeventfds[fn] = bound
+
+    def _unbind_kicks(self, fn: VirtioPciFunction) -> None:
+        for notify, fd, index in self.ioeventfds.pop(fn, []):
+            try:
+                self.vm.ioeventfd(notify, 2, fd, datamatch=index, deassign=True)
+            except KvmError:
+                pass
+
+    # -- the end ------------------------------------------------------------------
+    def fault(self, reason: str) -> None:
+        self.host.stop("killed", reason)
+
+    def shutdown(self) -> None:
+        for fn in self.functions:
+            fn.stop()
