@@ -166,6 +166,7 @@ class Machine:
         first = (img.SW_REGS - img.SW_REGPAGE) // 4
         self.regs = self.regpage[first:first + NREGS]
         self.requests = RequestArea(img, self.regpage)
+        self.fast_params = self._ro_view(img.SW_FAST, 64).cast("I")   # host/fastpath.py
         self._setup_gdt()
         self._setup_tss()
         self._setup_idt()
@@ -230,6 +231,25 @@ class Machine:
         for i in range((self.layout.slot0_size + big - 1) // big):
             pd[i] = (i * big) | PTE_P | PTE_RW | PTE_A | PTE_D | PTE_PS
         pd[1023] = self.switcher_pde()
+
+    def map_lguest_data(self, gpa: int, size: int) -> int:
+        """Map the (at most two) pages holding lguest_data at the Switcher's
+        window, in both page-table formats; returns lguest_data's address
+        there. The fast page-fault path writes cr2 and irq_enabled through
+        it, whatever address space the guest is in."""
+        img = self.image
+        first = (img.SW_LDATA_WINDOW - img.SW_BASE) // PAGE
+        pages = ((gpa & (PAGE - 1)) + size + PAGE - 1) // PAGE
+        if pages > 2 or gpa + size > self.layout.slot0_size:
+            raise ValueError("lguest_data does not fit the Switcher's window")
+        pt = self._rw_view(img.SW_PT, PAGE).cast("I")
+        pae_pt = self._rw_view(img.SW_PAE_PT, PAGE).cast("Q")
+        for i in range(2):
+            frame = (gpa & ~(PAGE - 1)) + i * PAGE
+            entry = frame | PTE_P | PTE_RW | PTE_A | PTE_D if i < pages else 0
+            pt[first + i] = entry
+            pae_pt[first + i] = entry
+        return img.SW_LDATA_WINDOW + (gpa & (PAGE - 1))
 
     def switcher_pde(self) -> int:
         """The non-PAE top-level entry that maps the Switcher (slot 1023)."""

@@ -58,6 +58,7 @@ class GuestConfig:
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stdin: int | None = None         # the console's input descriptor, if any
     ioeventfd: bool = True           # G3: queue kicks as KVM ioeventfds (no exit)
+    fast_traps: bool = True          # page faults reflected by the Switcher
 
     def devices(self, on_interrupt) -> list[Device]:
         """The devices in command-line order, console last (the lguest bus's
@@ -166,7 +167,8 @@ class Session:
         try:
             boot = self._load(machine.memory)
             machine.set_start(boot.entry)
-            host = self.host = Host(machine, layout=boot.layout, pae=c.pae)
+            host = self.host = Host(machine, layout=boot.layout, pae=c.pae,
+                                     fast_traps=c.fast_traps)
             if isinstance(bus, PciBus):
                 bus.install(host, vm=machine.vm)
             else:
@@ -191,7 +193,11 @@ class Session:
                 return outcome
 
     def close(self) -> None:
-        for dev in self.devices:
+        """Release everything; safe to call again (the CLI's early returns
+        and its final clean-up both close). A second close of a device would
+        close whatever descriptor has since taken its number."""
+        devices, self.devices = self.devices, []
+        for dev in devices:
             dev.close()
         if self.recorder is not None:
             self.recorder.close()

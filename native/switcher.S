@@ -66,6 +66,33 @@
         .set SW_REQ_INVLPG,     SW_REGPAGE + 0x40   /* u32 virtual addresses */
         .set SW_REQ_INVLPG_MAX, 32
 
+/*
+ * ---- The page-fault fast path (seeds/003, "M:012") ----
+ * Python keeps these up to date in the GDT page, which the guest sees
+ * read-only: whether the fast path is on, the guest's #PF handler and gate
+ * type, its ring-1 stack, and where lguest_data's cr2 and irq_enabled are
+ * seen through the two-page window the Host maps at SW_LDATA_WINDOW.
+ * The Switcher's own bookkeeping (busy flag, count) is in the register page.
+ */
+        .globl SW_FAST, SW_FAST_ON, SW_FAST_HANDLER, SW_FAST_IGATE, SW_FAST_SS1
+        .globl SW_FAST_ESP1, SW_FAST_CR2_AT, SW_FAST_IRQ_AT, SW_LDATA_WINDOW
+        .globl SW_FAST_BUSY, SW_FAST_COUNT
+        .set SW_FAST,           SW_GDT + 0x800
+        .set SW_FAST_ON,        SW_FAST + 0x00
+        .set SW_FAST_HANDLER,   SW_FAST + 0x04
+        .set SW_FAST_IGATE,     SW_FAST + 0x08   /* 1: an interrupt gate (irqs off) */
+        .set SW_FAST_SS1,       SW_FAST + 0x0C
+        .set SW_FAST_ESP1,      SW_FAST + 0x10   /* 0 until SET_STACK: ring 3 goes slow */
+        .set SW_FAST_CR2_AT,    SW_FAST + 0x14
+        .set SW_FAST_IRQ_AT,    SW_FAST + 0x18
+        .set SW_LDATA_WINDOW,   SW_BASE + 0x9000 /* 2 pages, mapped onto lguest_data */
+        .set SW_FAST_BUSY,      SW_REGPAGE + 0x20
+        .set SW_FAST_COUNT,     SW_REGPAGE + 0x24
+
+        .set GUEST_CS_SEL,  (12 * 8) | 1
+        .set EFLAGS_IF,     0x200
+        .set EFLAGS_CLEAR,  0x100 | 0x4000 | 0x10000 | 0x20000   /* TF NT RF VM */
+
         .globl REQ_LOAD_CR3, REQ_FLUSH, REQ_INVLPG, REQ_SET_TS, REQ_CLEAR_TS, REQ_ENABLE_PAE
         .set REQ_LOAD_CR3,   0x01   /* mov SW_REQ_CR3 -> cr3 (flushes non-global) */
         .set REQ_FLUSH,      0x02   /* reload cr3: with CR4.PGE off this drops all */
@@ -82,7 +109,7 @@
         .text
         .globl switcher_entries, switcher_common, switcher_resume
         .globl restore_gs, restore_fs, restore_ds, restore_es, restore_iret
-        .globl switcher_fault, bench_out_loop
+        .globl switcher_fault, bench_out_loop, fast_page_fault
 
 /*
  * ---- 256 entry stubs, 16 bytes apart ----
@@ -135,6 +162,8 @@ switcher_common:
         jne 1f
         movl %cr2, %eax
         movl %eax, SW_EXIT_CR2
+        cmpl $0, SW_FAST_ON
+        jne fast_page_fault
 1:      outb %al, $SW_EXIT_PORT
         /* KVM_RUN resumed us: Python has rewritten the frame and the requests. */
 switcher_resume:
@@ -222,9 +251,75 @@ do_requests:
         clts
         jmp restore
 
+/*
+ * ---- Reflecting a page fault without leaving the VM ----
+ * What Traps.deliver does in Python, for #PF only: cr2 into lguest_data,
+ * then the frame the CPU would have pushed for a gate to the guest's
+ * handler (ring 3: onto the ring-1 stack, old ss:esp first; eflags.IF
+ * mirroring irq_enabled; the error code last), and iret into the handler.
+ * Only the guest-stack stores can fault (a hostile or broken guest's
+ * stack): SW_FAST_BUSY makes such a fault abandon the fast path and leave
+ * through the ordinary exit with the frame untouched, so Python decides.
+ * Registers: esi = new guest esp, edx = its ss.
+ */
+fast_page_fault:
+        movl SW_FAST_CR2_AT, %edi
+        movl %eax, (%edi)               /* lguest_data.cr2 (window: cannot fault) */
+        movl $1, SW_FAST_BUSY
+        testl $2, 56(%esp)              /* cs RPL 3 (not 1): from user mode */
+        jz 2f
+        movl SW_FAST_ESP1, %esi
+        testl %esi, %esi
+        jz fast_abort                   /* no ring-1 stack yet */
+        movl SW_FAST_SS1, %edx
+        movl 68(%esp), %eax             /* the old ss and esp go first */
+        movl %eax, -4(%esi)
+        movl 64(%esp), %eax
+        movl %eax, -8(%esi)
+        subl $8, %esi
+        jmp 3f
+2:      movl 64(%esp), %esi
+        movl 68(%esp), %edx
+3:      movl 60(%esp), %eax
+        movl SW_FAST_IRQ_AT, %edi
+        testl $EFLAGS_IF, (%edi)
+        jnz 4f
+        andl $~EFLAGS_IF, %eax
+4:      movl %eax, -4(%esi)             /* eflags */
+        movl 56(%esp), %eax
+        movl %eax, -8(%esi)             /* cs */
+        movl 52(%esp), %eax
+        movl %eax, -12(%esi)            /* eip */
+        movl 48(%esp), %eax
+        movl %eax, -16(%esi)            /* error code */
+        subl $16, %esi
+        /* Every store landed: from here nothing can fault. */
+        movl $0, SW_FAST_BUSY
+        movl %esi, 64(%esp)
+        movl %edx, 68(%esp)
+        movl $GUEST_CS_SEL, 56(%esp)
+        movl SW_FAST_HANDLER, %eax
+        movl %eax, 52(%esp)
+        andl $~EFLAGS_CLEAR, 60(%esp)
+        cmpl $0, SW_FAST_IGATE
+        je 5f
+        movl $0, (%edi)                 /* an interrupt gate: irq_enabled = 0 */
+5:      incl SW_FAST_COUNT
+        jmp restore
+
+/* The fast path cannot finish: take the ordinary exit, frame intact. */
+fast_abort:
+        movl $0, SW_FAST_BUSY
+        movl $SW_REGS, %esp
+        outb %al, $SW_EXIT_PORT
+        jmp switcher_resume
+
 switcher_fault:
         movl $LGUEST_DS, %eax       /* ds may be the bad selector */
         movl %eax, %ds
+        movl %eax, %es
+        cmpl $0, SW_FAST_BUSY       /* a guest-stack store of the fast path */
+        jne fast_abort
         popl %eax
         movl %eax, SW_FAULT_VECTOR
         popl %eax

@@ -40,6 +40,10 @@ class FakeMachine:
     switcher_pae_pmd = Machine.switcher_pae_pmd
     set_guest_stack = Machine.set_guest_stack
 
+    def map_lguest_data(self, gpa: int, size: int) -> int:
+        self.windows.append((gpa, size))
+        return self.image.SW_LDATA_WINDOW + (gpa & (PAGE - 1))
+
     def __init__(self, ram_size: int = 4 << 20) -> None:
         self.image = load_image()
         self.layout = Layout(ram_size, ram_size)
@@ -51,6 +55,8 @@ class FakeMachine:
         first = (self.image.SW_REGS - self.image.SW_REGPAGE) // 4
         self.regs = self.regpage[first:first + NREGS]
         self.requests = RequestArea(self.image, self.regpage)
+        self.fast_params = memoryview(bytearray(64)).cast("I")
+        self.windows: list[tuple[int, int]] = []
         self.vcpu = FakeVcpu()
         self.tsc_khz = 1_000_000
         self.cpuid_faulting = False

@@ -174,6 +174,28 @@ def test_launcher_can_claim_ports():
     assert seen == [(0x70, 1, 0x42)]
 
 
+@pytest.mark.parametrize("code,reg", [(b"\x0f\x20\xe0", EAX), (b"\x0f\x20\xe3", EBX),
+                                      (b"\x0f\x20\xe1", ECX)])
+def test_reading_cr4_at_ring_1_gives_0(code, reg):
+    """Linux 4.0-4.7 read cr4 with a raw mov before they have an IDT."""
+    h = make_host()
+    h.memory.write(0x2000, code + b"\x90")
+    r = h.regs
+    r[TRAPNUM], r[ERRCODE], r[EIP], r[reg] = 13, 0, 0x2000, 0x1234
+    h.handle_trap()
+    assert (r[reg], r[EIP]) == (0, 0x2003)
+
+
+@pytest.mark.parametrize("code", [b"\x0f\x20\xe4", b"\x0f\x20\xc0", b"\x0f\x22\xe0"])
+def test_other_control_register_moves_are_reflected(code):
+    h = make_host()                          # into esp, cr0, a write to cr4
+    h.memory.write(0x2000, code + b"\x90")
+    r = h.regs
+    r[TRAPNUM], r[ERRCODE], r[EIP] = 13, 0, 0x2000
+    with pytest.raises(GuestFault, match="unhandled trap 13"):
+        h.handle_trap()
+
+
 def test_a_refused_port_write_is_the_guests_gp():
     h = make_host()
     h.port_out = lambda port, size, value: False

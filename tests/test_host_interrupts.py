@@ -231,3 +231,22 @@ def test_g3_delivery_at_the_final_iret_reuses_the_frame():
     assert m.memory.u32(0x8000 - 4) == 0          # nothing pushed
     assert ld(h, 0) == 0
     h.shutdown()
+
+
+def test_a_held_back_irq_that_gets_masked_stops_asking_for_send_interrupts(host):
+    """irq_pending tells the guest to make SEND_INTERRUPTS when it re-enables
+    interrupts. If the IRQ is masked meanwhile there is nothing to send: the
+    flag must go, or every irq_enable costs an exit."""
+    data = host.lguest_data
+    data.set("blocked_interrupts", 0)
+    data.set("irq_enabled", 0)
+    host.interrupts.raise_irq(3)
+    host.interrupts.deliver()
+    assert data.get("irq_pending") == 0x200                    # held back
+    data.set("blocked_interrupts", 1 << 3)                     # the guest masks it
+    host.interrupts.deliver()
+    assert data.get("irq_pending") == 0 and host.interrupts.pending == 1 << 3
+    data.set("blocked_interrupts", 0)                          # unmasked, irqs on:
+    data.set("irq_enabled", 0x200)
+    host.interrupts.deliver()                                  # delivered after all
+    assert host.interrupts.pending == 0

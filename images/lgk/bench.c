@@ -13,7 +13,12 @@
  *                    our handler, a SET_PTE
  * ctxswitch_ns       one switch between two ring-3 tasks that keep yielding
  * pte_batch_ns       64 SET_PTEs queued in a lazy section plus the FLUSH_ASYNC
- * timer_latency_ns   how late IRQ 0 arrives after a 1 ms SET_CLOCKEVENT (HALTed)
+ * timer_latency_ns   how late IRQ 0 arrives after a 1 ms SET_CLOCKEVENT (HALTed):
+ *                    the mean, and timer_latency_median_ns / timer_latency_p99_ns
+ *
+ * Each measurement is bracketed by console_mark() lines ("@b:name\n",
+ * "@e:name\n") that reach the Launcher synchronously, so it can count the
+ * exits each one took (launcher/bench.py turns them into exits per operation).
  *
  * With a block device (and room on it), two more, in MB/s (10^6 bytes):
  *
@@ -29,7 +34,17 @@
 #define YIELDS        200
 #define PTE_BATCH     64
 #define BATCHES       20
-#define TIMER_ROUNDS  20
+#define TIMER_ROUNDS  100
+
+static void sort_u64(u64 *v, int n)
+{
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+			u64 t = v[j];
+			v[j] = v[j - 1];
+			v[j - 1] = t;
+		}
+}
 
 static u64 task_cycles(struct task *t)
 {
@@ -87,9 +102,14 @@ static void bench_block(char *out, size_t size)
 	if (!bytes)
 		return;
 	u32 w = 0, r;
-	if (!vblk_readonly)
+	if (!vblk_readonly) {
+		console_mark("@b:blkwrite\n");
 		w = blk_stream(VIRTIO_BLK_T_OUT, bytes);
+		console_mark("@e:blkwrite\n");
+	}
+	console_mark("@b:blkread\n");
 	r = blk_stream(VIRTIO_BLK_T_IN, bytes);
+	console_mark("@e:blkread\n");
 	if (vblk_readonly)
 		snprintf(out, size, " blk_read_mbps=%u.%u", r / 10, r % 10);
 	else
@@ -110,19 +130,32 @@ void bench_run(void)
 	u64 c;
 	tick_stop();                       /* no tick in the measurements */
 
+	console_mark("@b:hcall\n");
 	irq_disable();
 	c = rdtsc();
 	for (int i = 0; i < NULL_HCALLS; i++)
 		hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0, 0);
 	c = rdtsc() - c;
 	irq_enable();
+	console_mark("@e:hcall\n");
 	u64 null_hcall = div_u64(cycles_to_ns(c), NULL_HCALLS, NULL);
 
-	struct task *t = run_one(PROG_BENCH_SYSCALL, SYSCALLS);
+	/* The task's own start and end are inside the brackets: the Launcher
+	   subtracts an empty run's exits (the "@b:task" pair). */
+	console_mark("@b:task\n");
+	struct task *t = run_one(PROG_BENCH_SYSCALL, 0);
+	console_mark("@e:task\n");
+	task_reap(t);
+
+	console_mark("@b:syscall\n");
+	t = run_one(PROG_BENCH_SYSCALL, SYSCALLS);
+	console_mark("@e:syscall\n");
 	u64 syscall_ns = div_u64(cycles_to_ns(task_cycles(t)), SYSCALLS, NULL);
 	task_reap(t);
 
+	console_mark("@b:fault\n");
 	t = run_one(PROG_BENCH_FAULT, FAULT_PAGES);
+	console_mark("@e:fault\n");
 	u64 fault_ns = div_u64(cycles_to_ns(task_cycles(t)), FAULT_PAGES, NULL);
 	task_reap(t);
 
@@ -130,10 +163,12 @@ void bench_run(void)
 	   two switches (to the other task and back). */
 	struct task *ts[2] = { task_create_user("yield-a", PROG_BENCH_YIELD, YIELDS),
 			       task_create_user("yield-b", PROG_BENCH_YIELD, YIELDS) };
+	console_mark("@b:switch\n");
 	task_start(ts[0]);
 	task_start(ts[1]);
 	task_wait(ts[0]);
 	task_wait(ts[1]);
+	console_mark("@e:switch\n");
 	u64 switch_ns = div_u64(cycles_to_ns(task_cycles(ts[0])), 2 * YIELDS, NULL);
 	task_reap(ts[0]);
 	task_reap(ts[1]);
@@ -141,12 +176,16 @@ void bench_run(void)
 	u32 pa = page_alloc();
 	u64 total = 0;
 	for (int b = 0; b < BATCHES; b++) {
+		if (b == 0)
+			console_mark("@b:ptebatch\n");
 		c = rdtsc();
 		lazy_begin();
 		for (u32 i = 0; i < PTE_BATCH; i++)
 			mm_set_pte(&kernel_mm, test_area + i * PAGE_SIZE, (pte_t)pa | PTE_KERNEL);
 		lazy_end();
 		total += rdtsc() - c;
+		if (b == 0)
+			console_mark("@e:ptebatch\n");
 		lazy_begin();
 		for (u32 i = 0; i < PTE_BATCH; i++)
 			mm_set_pte(&kernel_mm, test_area + i * PAGE_SIZE, 0);
@@ -156,7 +195,9 @@ void bench_run(void)
 	page_free(pa);
 	u64 batch_ns = div_u64(cycles_to_ns(total), BATCHES, NULL);
 
+	static u64 lat[TIMER_ROUNDS];
 	total = 0;
+	console_mark("@b:timer\n");
 	for (int i = 0; i < TIMER_ROUNDS; i++) {
 		u32 before = timer_irqs;
 		irq_disable();
@@ -168,9 +209,14 @@ void bench_run(void)
 		}
 		irq_enable();
 		u64 late = cycles_to_ns(timer_irq_tsc - c);
-		total += late > 1000000 ? late - 1000000 : 0;
+		lat[i] = late > 1000000 ? late - 1000000 : 0;
+		total += lat[i];
 	}
+	console_mark("@e:timer\n");
 	u64 timer_ns = div_u64(total, TIMER_ROUNDS, NULL);
+	sort_u64(lat, TIMER_ROUNDS);
+	u64 timer_median = lat[TIMER_ROUNDS / 2];
+	u64 timer_p99 = lat[(TIMER_ROUNDS * 99) / 100];
 
 	/* Disk I/O with the tick back on: its 10 ms do not matter there, and
 	   a wait on the disk always has something to wake it. */
@@ -179,7 +225,8 @@ void bench_run(void)
 	bench_block(blk, sizeof(blk));
 
 	kprintf("bench: null_hypercall_ns=%llu syscall_ns=%llu pagefault_ns=%llu "
-		"ctxswitch_ns=%llu pte_batch_ns=%llu timer_latency_ns=%llu tsc_khz=%u%s\n",
+		"ctxswitch_ns=%llu pte_batch_ns=%llu timer_latency_ns=%llu "
+		"timer_latency_median_ns=%llu timer_latency_p99_ns=%llu tsc_khz=%u%s\n",
 		null_hcall, syscall_ns, fault_ns, switch_ns, batch_ns, timer_ns,
-		lguest_data.tsc_khz, blk);
+		timer_median, timer_p99, lguest_data.tsc_khz, blk);
 }

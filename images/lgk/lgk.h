@@ -93,6 +93,7 @@ int snprintf(char *buf, size_t size, const char *fmt, ...);
 extern struct lguest_data lguest_data;
 extern u32 hcall_counts[LHCALL_MAX];
 void hcall(u32 call, u32 a1, u32 a2, u32 a3, u32 a4);
+void queue_hcall(u32 call, u32 a1, u32 a2, u32 a3, u32 a4);
 void lazy_hcall(u32 call, u32 a1, u32 a2, u32 a3, u32 a4);
 void lazy_begin(void);
 void lazy_end(void);
@@ -117,6 +118,7 @@ void __attribute__((noreturn)) panic(const char *fmt, ...);
 extern int console_virtio;               /* output goes through the virtio console */
 void console_write(const char *s, size_t len);
 void console_flush(void);
+void console_mark(const char *mark);
 void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- main.c ---------------------------------------------------------------- */
@@ -125,6 +127,7 @@ extern int mem_guessed;
 extern char cmdline[256];
 int cmdline_has(const char *word);
 const char *cmdline_value(const char *key);   /* "key=value": value, else NULL */
+u32 cmdline_u32(const char *key, u32 fallback);  /* "key=N": N, else fallback */
 
 /* ---- segments.c ------------------------------------------------------------- */
 u64 make_segment(u32 base, u32 limit_pages, u32 type, u32 dpl);
@@ -174,6 +177,7 @@ void page_free(u32 pa);
 u32 pages_free(void);
 pte_t *mm_walk(struct mm *mm, u32 vaddr, int alloc, int user);
 void mm_set_pte(struct mm *mm, u32 vaddr, pte_t pte);
+void mm_fill_pte(struct mm *mm, u32 vaddr, pte_t pte);
 struct mm *mm_create_user(void);
 void mm_destroy(struct mm *mm);
 void mm_switch(struct mm *mm);
@@ -258,6 +262,9 @@ extern char __user_start[], __user_end[], __user_pa[];   /* lgk.ld */
 int selftest_run(void);                   /* returns the number of failures */
 void check(const char *name, int ok, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void devtest_run(void);                   /* devtest.c: only for devices present */
+void records_run(u32 seed);               /* devtest.c: the robustness tests' workloads */
+void soak_run(u32 seconds);
+void net_run(u32 seconds);
 void bench_run(void);
 
 /* ---- hostile.c: misbehaving on purpose, for the Host's robustness tests ------ */

@@ -91,6 +91,13 @@ void lazy_end(void)
 		hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0, 0);
 }
 
+/* Queue a call even outside a lazy section, for news the Host may hear late:
+   it runs at the next synchronous hypercall, whenever that comes. */
+void queue_hcall(u32 call, u32 a1, u32 a2, u32 a3, u32 a4)
+{
+	async_hcall(call, a1, a2, a3, a4);
+}
+
 void lazy_hcall(u32 call, u32 a1, u32 a2, u32 a3, u32 a4)
 {
 	if (lazy_depth)

@@ -118,6 +118,21 @@ pte_t *mm_walk(struct mm *mm, u32 vaddr, int alloc, int user)
 #endif
 }
 
+/* Filling a PTE that was not present: no TLB can hold it, so the Host
+   needs no word before we use the mapping (the hardware walks our tables).
+   SET_PTE is queued and reaches the Host with the next synchronous call:
+   a demand fault then costs no exit at all with the Switcher's fast path. */
+void mm_fill_pte(struct mm *mm, u32 vaddr, pte_t pte)
+{
+	pte_t *p = mm_walk(mm, vaddr, 1, vaddr < PAGE_OFFSET);
+	*p = pte;
+#ifdef CONFIG_PAE
+	queue_hcall(LHCALL_SET_PTE, mm->top_pa, vaddr, (u32)pte, (u32)(pte >> 32));
+#else
+	queue_hcall(LHCALL_SET_PTE, mm->top_pa, vaddr, pte, 0);
+#endif
+}
+
 void mm_set_pte(struct mm *mm, u32 vaddr, pte_t pte)
 {
 	pte_t *p = mm_walk(mm, vaddr, 1, vaddr < PAGE_OFFSET);

@@ -72,7 +72,7 @@ static int demand_fill(u32 cr2)
 	if (!pa)
 		return 0;
 	mm->pages[mm->npages++] = pa;
-	mm_set_pte(mm, ALIGN_DOWN(cr2, PAGE_SIZE), (pte_t)pa | PTE_USER_RW);
+	mm_fill_pte(mm, ALIGN_DOWN(cr2, PAGE_SIZE), (pte_t)pa | PTE_USER_RW);
 	current->last_cr2 = cr2;
 	current->demand_faults++;
 	return 1;

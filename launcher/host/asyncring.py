@@ -28,14 +28,24 @@ class AsyncRing:
         self.executed = 0
 
     def drain(self) -> None:
+        # The common case, on every hypercall: nothing queued. lguest_data's
+        # bounds were checked at INIT, so one byte read tells.
+        if self.view[self.status_at + self.cursor] == STATUS_FREE:
+            return
+        self.drain_queued()
+
+    def attach(self) -> None:
+        """At LGUEST_INIT: where the status bytes are, for drain's test."""
+        data = self.host.lguest_data
+        self.status_at = data.gpa + data.layout.hcall_status
+        self.host.memory.check(self.status_at, LHCALL_RING_SIZE, "async ring status")
+        self.view = self.host.memory.view
+
+    def drain_queued(self) -> None:
         host = self.host
         data = host.lguest_data
         memory = host.memory
         status_at = data.gpa + data.layout.hcall_status
-        # The common case, on every hypercall: nothing queued. lguest_data's
-        # bounds were checked at INIT, so one byte read tells.
-        if memory.view[status_at + self.cursor] == STATUS_FREE:
-            return
         args_at = data.gpa + data.layout.hcalls
         # Only what was queued when we started: the guest may keep queueing.
         snapshot = memory.read(status_at, LHCALL_RING_SIZE, "async hypercall status")

@@ -22,10 +22,11 @@ from typing import Callable
 from ..errors import GuestFault
 from ..kvm import EXIT_NAMES, lib
 from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY, X86_EFLAGS_IF, Machine
-from ..switcher import (CS, DS, EAX, EBX, ECX, EDX, EFLAGS, EIP, ERRCODE, ES, ESI, FS, GS,
-                        SS, TRAPNUM, PAGE)
+from ..switcher import (CS, DS, EAX, EBP, EBX, ECX, EDI, EDX, EFLAGS, EIP, ERRCODE, ES, ESI,
+                        FS, GS, SS, TRAPNUM, PAGE)
 from . import hypercalls as H
 from .asyncring import AsyncRing
+from .fastpath import FastPath
 from .interrupts import Interrupts
 from .lguest_data import G2, LguestData, LguestDataLayout
 from .notify import NotifyMap
@@ -43,6 +44,10 @@ X86_EFLAGS_VM = 0x20000
 # there is usable is the CPU's to say: a bad one faults in the Switcher,
 # which reports it (switcher_fault_message).
 _HOST_GDT_ENTRIES = (10, 11, 16, 31)
+# ModRM r/m numbers -> struct lguest_regs slots (eax ecx edx ebx esp ebp esi edi);
+# esp (4) is left out on purpose: the guest's stack pointer is not ours to zero.
+_MODRM_REGS = {0: EAX, 1: ECX, 2: EDX, 3: EBX, 5: EBP, 6: ESI, 7: EDI}
+_EFLAGS_KEEP = ~(X86_EFLAGS_IOPL | X86_EFLAGS_VM) & 0xFFFFFFFF
 VALID_DATA_SELECTORS = frozenset(
     sel for sel in range(0x10000)
     if sel < 4 or (sel >> 3 < 32 and not sel & 4 and sel >> 3 not in _HOST_GDT_ENTRIES))
@@ -59,7 +64,7 @@ class Host:
     """The lguest Host for one guest on one ``Machine``."""
 
     def __init__(self, machine: Machine, layout: LguestDataLayout = G2,
-                 pae: bool | None = None) -> None:
+                 pae: bool | None = None, fast_traps: bool = True) -> None:
         self.machine = machine
         self.layout = layout
         self.lguest_data: LguestData | None = None
@@ -67,10 +72,13 @@ class Host:
         self.regs = machine.regs
         self.requests = machine.requests
         self.image = machine.image
+        self._clear_kick = machine.vcpu.clear_kick
         self.segments = Segments(machine, machine.memory)
         self.traps = Traps(self)
         self.outcome: Outcome | None = None
         self.signals = 0              # KVM_RUNs cut short by a signal for Python
+        self.mmio_exits = 0           # G3 device-register accesses
+        self.fast_faults = 0          # #PFs the Switcher reflected (at the end of a run)
         self.hypercall_counts: Counter[int] = Counter()
         self.trap_counts: Counter[int] = Counter()
         self.ss1, self.esp1 = 0, 0
@@ -85,6 +93,7 @@ class Host:
         self.async_ring = AsyncRing(self)
         self.notify_map = NotifyMap()
         self.clock: ClockEvent | None = None      # started by LGUEST_INIT
+        self.fast = FastPath(self, fast_traps)    # #PF reflected by the Switcher
         self.recorder: ExitRecorder | None = None # --stats / --trace
         self.ts_wanted = False
         pt = self.pagetables
@@ -94,7 +103,7 @@ class Host:
             H.LHCALL_SHUTDOWN: self.hcall_shutdown,
             H.LHCALL_NEW_PGTABLE: lambda top, _a, _b, _c: pt.new_pgtable(top),
             H.LHCALL_FLUSH_TLB: lambda all_, _a, _b, _c: pt.flush_tlb(all_),
-            H.LHCALL_LOAD_IDT_ENTRY: lambda v, lo, hi, _: self.traps.load_idt_entry(v, lo, hi),
+            H.LHCALL_LOAD_IDT_ENTRY: self.load_idt_entry,
             H.LHCALL_SET_STACK: lambda ss, esp, pages, _: self.set_stack(ss, esp, pages),
             H.LHCALL_TS: lambda ts, _a, _b, _c: self.set_ts(ts),
             H.LHCALL_SET_CLOCKEVENT: lambda delta, _a, _b, _c: self.set_clockevent(delta),
@@ -174,7 +183,11 @@ class Host:
         return self.outcome
 
     def shutdown(self) -> None:
-        """Stop the Host's threads; the run is over."""
+        """Stop the Host's threads; the run is over. Page faults the
+        Switcher reflected never exited: --stats lists them apart."""
+        self.fast_faults = self.fast.count
+        if self.recorder is not None and self.fast_faults:
+            self.recorder.fast_faults += self.fast_faults
         if self.clock is not None:
             self.clock.stop()
             self.clock = None
@@ -188,8 +201,10 @@ class Host:
         self.machine.vcpu.stop()
 
     def prepare_resume(self) -> None:
-        self.machine.vcpu.clear_kick()
-        self.deliver_interrupts()
+        # Runs before every resume: attribute lookups are kept to a minimum.
+        self._clear_kick()
+        if self.interrupts.pending:
+            self.interrupts.deliver()
         self.validate_frame()
         self.requests.publish()
 
@@ -201,10 +216,9 @@ class Host:
         and never restore a selector that names the Host's segments."""
         r = self.regs
         cs, ss = r[CS], r[SS]
-        rpl = cs & 3
-        if rpl not in (1, 3) or (ss & 3) != rpl:
+        if (cs & 3) + (ss & 3) not in (2, 6) or (cs ^ ss) & 3:
             raise GuestFault(f"refusing to resume the guest with cs {cs:#x} ss {ss:#x}")
-        r[EFLAGS] = (r[EFLAGS] | X86_EFLAGS_IF) & ~(X86_EFLAGS_IOPL | X86_EFLAGS_VM)
+        r[EFLAGS] = (r[EFLAGS] | X86_EFLAGS_IF) & _EFLAGS_KEEP
         valid = VALID_DATA_SELECTORS
         if r[DS] not in valid or r[ES] not in valid or r[FS] not in valid or r[GS] not in valid:
             for name, i in (("ds", DS), ("es", ES), ("fs", FS), ("gs", GS)):
@@ -214,6 +228,9 @@ class Host:
     def handle_trap(self) -> None:
         trapnum = self.regs[TRAPNUM]
         self.trap_counts[trapnum] += 1
+        if trapnum == LGUEST_TRAP_ENTRY:      # the common case, first
+            self.do_hypercall()
+            return
         handler = self.trap_handlers.get(trapnum)
         if handler is not None:
             handler()
@@ -228,6 +245,7 @@ class Host:
         next KVM_RUN. The vCPU is mid-instruction, not at the Switcher's
         exit, so the register page is not the guest's state now."""
         vcpu = self.machine.vcpu
+        self.mmio_exits += 1
         addr, width, value = vcpu.mmio_access()
         if self.on_mmio is None or width not in (1, 2, 4):
             raise GuestFault(f"guest accessed {addr:#x} ({width} bytes), outside its memory")
@@ -282,7 +300,10 @@ class Host:
         else:
             # Queued calls first: they were made before this one.
             self.async_ring.drain()
-        self.dispatch(number, r[EBX], r[ECX], r[EDX], r[ESI])
+        handler = self.hypercalls.get(number)
+        if handler is None:
+            raise GuestFault(f"unknown hypercall {number}")
+        handler(r[EBX], r[ECX], r[EDX], r[ESI])
 
     def dispatch(self, number: int, a1: int, a2: int, a3: int, a4: int) -> None:
         handler = self.hypercalls.get(number)
@@ -313,6 +334,8 @@ class Host:
         data.set("reserve_mem", 0x100000000 - self.image.SW_BASE)
         self.set_wallclock(data)
         self.lguest_data = data
+        self.async_ring.attach()
+        self.fast.attach()
         self.clock = ClockEvent(self)
         self.interrupts.on_held_back = self.clock.wake
 
@@ -363,6 +386,12 @@ class Host:
                 raise GuestFault(f"SET_STACK: bad stack page: {exc}") from None
         self.ss1, self.esp1 = ss, esp
         self.machine.set_guest_stack(ss, esp)
+        self.fast.update()
+
+    def load_idt_entry(self, vector: int, low: int, high: int, _unused: int = 0) -> None:
+        self.traps.load_idt_entry(vector, low, high)
+        if vector == 14:
+            self.fast.update()
 
     def set_ts(self, wanted: int) -> None:
         """TS: the guest's lazy-FPU wish for CR0.TS."""
@@ -401,9 +430,25 @@ class Host:
         self.traps.reflect(7)
 
     def on_general_protection(self) -> None:
-        if self.regs[ERRCODE] == 0 and (self.emulate_io() or self.emulate_cpuid()):
+        if self.regs[ERRCODE] == 0 and (self.emulate_io() or self.emulate_cpuid()
+                                        or self.emulate_read_cr4()):
             return
         self.traps.reflect(13)
+
+    def emulate_read_cr4(self) -> bool:
+        """`mov %cr4, reg` at ring 1 reads 0, as lguest's read_cr4 does.
+        Linux 4.0-4.7 read cr4 through the unparavirtualized
+        native_read_cr4_safe before the guest has an IDT (cr4_init_shadow),
+        so without this every such kernel dies on its first instructions."""
+        r = self.regs
+        if (r[CS] & 3) != 1:
+            return False
+        insn = self.read_guest_code(r[EIP], 3)
+        if insn[:2] != b"\x0f\x20" or insn[2] & 0xF8 != 0xE0 or insn[2] & 7 == 4:
+            return False                     # not mod 11 / reg 4 (cr4), or into esp
+        r[_MODRM_REGS[insn[2] & 7]] = 0
+        r[EIP] += 3
+        return True
 
     def emulate_cpuid(self) -> bool:
         """CPUID, when the Machine had to make it fault (machine.py,

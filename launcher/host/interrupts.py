@@ -78,6 +78,12 @@ class Interrupts:
             return
         cand = self.pending & ~data.get("blocked_interrupts")
         if not cand:
+            # Everything pending is masked now: stop asking the guest for
+            # SEND_INTERRUPTS, or it makes one at every irq_enable (G3 does)
+            # until the IRQ is unmasked, an exit each time for nothing.
+            if self.held_back:
+                self.held_back = False
+                data.set("irq_pending", 0)
             return
         irq = (cand & -cand).bit_length() - 1
         eip = host.regs[EIP]

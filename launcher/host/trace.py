@@ -31,6 +31,7 @@ def exit_kind(trapnum: int, eax: int) -> str:
 class ExitRecorder:
     def __init__(self, trace: TextIO | None = None) -> None:
         self.counts: Counter[str] = Counter()
+        self.fast_faults = 0       # not exits: see host/fastpath.py
         self.total_ns: Counter[str] = Counter()
         self.trace = trace
         self.start_ns = time.monotonic_ns()
@@ -103,4 +104,7 @@ class ExitRecorder:
             ns = self.total_ns[kind]
             lines.append(f"{kind:<26}{count:>10}{ns / 1e6:>12.1f}{ns / count / 1e3:>10.1f}")
         lines.append(f"{'total':<26}{total:>10}{total_ms:>12.1f}")
+        if self.fast_faults:
+            lines.append(f"(and {self.fast_faults} page faults the Switcher reflected "
+                         "without an exit)")
         return "\n".join(lines)

@@ -96,6 +96,54 @@ pf_insn:
         movl 0x80000000, %eax
         jmp fail
 
+/* ebp page faults the guest handles itself: the handler checks what it
+   was given (cr2 in lguest_data, error code, eip, IF in the pushed eflags
+   mirroring irq_enabled, irq_enabled cleared by its interrupt gate) and
+   points ebx at good memory, so the faulting load succeeds when retried. */
+        .globl pf_loop, pf_loop_insn
+pf_loop:
+        START
+        LOAD_GATE 14, pf_handler, 0x8e00
+        xorl %edi, %edi
+1:      movl $0x200, lguest_data    /* irq_enabled: "on" */
+        movl $0x80000000, %ebx
+pf_loop_insn:
+        movl (%ebx), %eax
+        cmpl %ebp, %edi
+        jb 1b
+        movl $TEST_DONE, %eax
+        movl %edi, %ebx
+        movl lguest_data + 8, %ecx  /* cr2 as the Host left it */
+        movl lguest_data, %edx      /* irq_enabled after the last fault */
+        int $0x1f
+        jmp fail
+pf_handler:
+        cmpl $0x80000000, lguest_data + 8
+        jne fail
+        cmpl $0, lguest_data        /* the interrupt gate turned irqs off */
+        jne fail
+        popl %eax                   /* error code: a read, not present, ring 1 */
+        testl %eax, %eax
+        jne fail
+        cmpl $pf_loop_insn, (%esp)
+        jne fail
+        cmpl $0x61, 4(%esp)
+        jne fail
+        testl $0x200, 8(%esp)       /* IF as irq_enabled was */
+        jz fail
+        incl %edi
+        movl $lguest_data, %ebx
+        iret
+
+/* A fault whose frame cannot be pushed: the stack points nowhere. */
+        .globl pf_bad_stack
+pf_bad_stack:
+        START
+        LOAD_GATE 14, pf_handler, 0x8e00
+        movl $0x90000000, %esp
+        movl 0x80000000, %eax
+        jmp fail
+
         .globl syscall_loop
 syscall_loop:
         START
