@@ -28,6 +28,7 @@ KERNEL_LOAD = 0x100000
 ZP_E820_ENTRIES = 0x1E8
 ZP_SENTINEL = 0x1EF
 ZP_SETUP_SECTS = 0x1F1
+ZP_SYSSIZE = 0x1F4                # protected-mode code size, 16-byte units
 ZP_JUMP = 0x200
 ZP_HEADER = 0x202
 ZP_VERSION = 0x206
@@ -146,6 +147,10 @@ def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
     if pm_offset >= len(data):
         raise UserError(f"{path} is truncated: its setup claims {setup_sects} sectors "
                         f"but the file has {len(data)} bytes")
+    syssize = struct.unpack_from("<I", data, ZP_SYSSIZE)[0] * 16
+    if syssize and len(data) < pm_offset + syssize:
+        raise UserError(f"{path} is truncated: its header promises {pm_offset + syssize} "
+                        f"bytes but the file has {len(data)}")
     header_end = ZP_HEADER + data[0x201]
     header = data[ZP_SETUP_SECTS:header_end]
     if data[0x1FE:0x200] != b"\x55\xAA":

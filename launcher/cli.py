@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the guest uses PAE page tables (default: told from its first table)")
     pae.add_argument("--no-pae", dest="pae", action="store_false",
                      help="the guest uses two-level (non-PAE) page tables")
+    p.add_argument("--no-fast-traps", dest="fast_traps", action="store_false",
+                   help="reflect every page fault through the Python Host instead of letting "
+                        "the Switcher do it (slower; the reference behaviour)")
     p.add_argument("--no-ioeventfd", dest="ioeventfd", action="store_false",
                    help="G3 guests: take queue kicks as MMIO exits handled in Python, not "
                         "as KVM ioeventfds (slower; for measuring and debugging)")
@@ -123,7 +127,30 @@ def parse_block(spec: str) -> tuple[str, bool]:
 
 
 def say(msg: str) -> None:
-    print(f"launcher: {msg}", file=sys.stderr, flush=True)
+    if sys.stderr is None:              # started with stderr closed
+        return
+    try:
+        print(f"launcher: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass                            # no usable stderr: nobody to tell
+
+
+def fill_closed_standard_fds() -> bool:
+    """Descriptors 0-2 closed at start-up would be handed to the first files
+    we open (a disk image as "stderr"): put /dev/null there instead. True if
+    stdout was closed."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    return 1 in closed
 
 
 def kvm_ready(args: argparse.Namespace, module: str = "launcher") -> int | None:
@@ -146,9 +173,14 @@ def kvm_ready(args: argparse.Namespace, module: str = "launcher") -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stdout_closed = fill_closed_standard_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     normalise_legacy(args)
+    if stdout_closed or sys.stdout is None:
+        say("standard output is closed, so the guest's console would have nowhere to go "
+            "(redirect it to /dev/null to throw the output away)")
+        return EXIT_USAGE
     session = None
     try:
         config = make_config(args)
@@ -199,15 +231,32 @@ def make_config(args: argparse.Namespace) -> "GuestConfig":
     for what, path in (("kernel", kernel), ("initrd", args.initrd)):
         if path is not None and not os.path.exists(path):
             raise UserError(f"{path}: no such file (the {what})")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.initrd is not None:
+        check_initrd(args.initrd)
+    if args.timeout is not None and not 0 < args.timeout <= threading.TIMEOUT_MAX:
         raise UserError("--timeout must be a positive number of seconds")
     cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
     return GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
                        reboot=not args.no_reboot, pae=args.pae, timeout=args.timeout,
                        stats=args.stats, trace=args.trace, ioeventfd=args.ioeventfd,
+                       fast_traps=args.fast_traps,
                        devices_spec=[(k, parse_block(v) if k == "block" else v)
                                      for k, v in (getattr(args, "devices", None) or [])],
                        stdin=stdin_fd())
+
+
+def check_initrd(path: str) -> None:
+    """The initrd's own sentence for each way it can be unusable (the
+    kernel's reader would call it a kernel image)."""
+    if os.path.isdir(path):
+        raise UserError(f"--initrd {path} is a directory, not a ramdisk image")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as exc:
+        raise UserError(f"--initrd {path}: {exc.strerror}") from None
+    if empty:
+        raise UserError(f"--initrd {path} is empty")
 
 
 def lookup_user(user: str | None):

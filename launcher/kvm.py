@@ -86,7 +86,11 @@ class Kvm:
         if fd < 0:
             raise KvmUnavailable(_explain_open_error(path, -fd))
         self.fd = fd
-        version = _check(lib.shim_ioctl_int(fd, lib.KVM_GET_API_VERSION, 0), "KVM_GET_API_VERSION")
+        version = lib.shim_ioctl_int(fd, lib.KVM_GET_API_VERSION, 0)
+        if version < 0:
+            os.close(fd)
+            raise KvmUnavailable(f"{path} is not a KVM device (KVM_GET_API_VERSION failed: "
+                                 f"{os.strerror(-version)})")
         if version != EXPECTED_API_VERSION:
             os.close(fd)
             raise KvmUnavailable(f"{path} speaks KVM API {version}, not {EXPECTED_API_VERSION}")

@@ -33,3 +33,23 @@ def test_user_mistakes_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("launcher: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_session_closes_once_however_often_it_is_closed(tmp_path):
+    """The CLI closes its session on an early return and again at the end:
+    the disk's descriptor must be closed exactly once (a second close would
+    hit whatever file has taken its number since)."""
+    import os
+    from launcher.run import GuestConfig, Session
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    session = Session(GuestConfig(devices_spec=[("block", (str(disk), False))]))
+    fd = session.devices[0].fd
+    session.close()
+    reused = os.open(str(disk), os.O_RDONLY)       # likely takes the same number
+    try:
+        session.close()
+        os.fstat(reused)                            # still open
+    finally:
+        os.close(reused)
+    assert fd >= 0

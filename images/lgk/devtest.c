@@ -9,6 +9,9 @@
  * for offsets i = 33..511, where B counts the boots that wrote the disk.
  * (tests/test_own_guest_devices_kvm.py computes the same bytes.)
  * Nothing else on the disk is touched, except by the benchmark (from 1 MiB).
+ *
+ * At the end, the workloads the robustness tests drive through the command
+ * line (records=, soak=, net=): see "Workloads" below.
  */
 #include "virtio.h"
 
@@ -141,16 +144,27 @@ static void test_rng(void)
 	      memcmp(a, b, sizeof(a)) ? "differ" : "are the same");
 }
 
-/* The block and rng queues finished by interrupt, not by luck. */
+/* The block and rng queues' interrupts arrived. A request can be seen
+   finished in the used ring before its interrupt is delivered (on a busy
+   host the device thread may be held up between the two), so give them a
+   while, with an exit each round for the Host to deliver at. */
+static int queue_irqs_arrived(struct virtqueue **q)
+{
+	for (int i = 0; i < 2; i++)
+		if (q[i] && (!q[i]->irqs || (lguest_data.blocked_interrupts[0] & (1u << q[i]->irq))))
+			return 0;
+	return 1;
+}
+
 static void test_interrupts(void)
 {
 	struct virtqueue *q[2] = { vblk ? &vblk->vq[0] : NULL, vrng ? &vrng->vq[0] : NULL };
 	if (!q[0] && !q[1])
 		return;
-	int ok = 1;
-	for (int i = 0; i < 2; i++)
-		if (q[i])
-			ok &= q[i]->irqs > 0 && !(lguest_data.blocked_interrupts[0] & (1u << q[i]->irq));
+	u64 deadline = now_ns() + 2000000000ull;
+	while (!queue_irqs_arrived(q) && now_ns() < deadline)
+		hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0, 0);
+	int ok = queue_irqs_arrived(q);
 	check("virtio_irqs", ok, "block irq %u: %u interrupts; rng irq %u: %u interrupts",
 	      q[0] ? q[0]->irq : 0, q[0] ? q[0]->irqs : 0, q[1] ? q[1]->irq : 0,
 	      q[1] ? q[1]->irqs : 0);
@@ -162,4 +176,243 @@ void devtest_run(void)
 	test_block();
 	test_rng();
 	test_interrupts();
+}
+
+/* ==== Workloads for tests/robustness ============================================ */
+/*
+ *   records[=SEED]  numbered records on the disk, each written, FLUSHed and then
+ *                   reported ("records: N flushed"), until the disk is full
+ *   soak=SECONDS    the self-tests and a block write/flush/read-back, in a loop,
+ *                   for that long
+ *   net=SECONDS     frames out through the virtio network card (and any that
+ *                   come in taken), for that long
+ *
+ * Each ends the run itself when something goes wrong (a crash whose message
+ * says what), and returns when all went well.
+ */
+
+/* CRC-32 as zlib and Ethernet compute it (reflected, polynomial 0xEDB88320),
+   one bit at a time: short, slow enough, and easy to check from Python. */
+static u32 crc32(const u8 *p, u32 n)
+{
+	u32 c = 0xFFFFFFFFu;
+	while (n--) {
+		c ^= *p++;
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1)));
+	}
+	return ~c;
+}
+
+static u32 xorshift32(u32 x)
+{
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return x;
+}
+
+static void __attribute__((noreturn)) fail(const char *fmt, ...)
+{
+	static char msg[120];
+	__builtin_va_list ap;
+	__builtin_va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	__builtin_va_end(ap);
+	kprintf("%s\n", msg);
+	shutdown(msg, LGUEST_SHUTDOWN_POWEROFF);     /* any message but "Power down": a crash */
+}
+
+/*
+ * A record is 1 to 8 sectors; record n has 1 + n % 8 of them and follows
+ * record n - 1 on the disk, from sector 0:
+ *
+ *   0   "LGKREC01"
+ *   8   u32 n
+ *   12  u32 its length in sectors
+ *   16  u32 the run's seed
+ *   20  payload: 32-bit words of xorshift32, started from (n + 1) * 0x9E3779B9 ^ seed
+ *   -4  u32 CRC-32 of everything before it
+ *
+ * tests/robustness/records.py reads them back.
+ */
+#define REC_MAX_SECTORS 8
+
+static u32 record_fill(u8 *p, u32 n, u32 seed)
+{
+	u32 sectors = 1 + n % REC_MAX_SECTORS, len = sectors * SECTOR_SIZE;
+	u32 x = (n + 1) * 0x9E3779B9u ^ seed;
+	if (!x)
+		x = 1;
+	memcpy(p, "LGKREC01", 8);
+	memcpy(p + 8, &n, 4);
+	memcpy(p + 12, &sectors, 4);
+	memcpy(p + 16, &seed, 4);
+	for (u32 i = 20; i < len - 4; i += 4) {
+		x = xorshift32(x);
+		memcpy(p + i, &x, 4);
+	}
+	u32 crc = crc32(p, len - 4);
+	memcpy(p + len - 4, &crc, 4);
+	return sectors;
+}
+
+void records_run(u32 seed)
+{
+	static u8 rec[REC_MAX_SECTORS * SECTOR_SIZE] __attribute__((aligned(PAGE_SIZE)));
+	if (!vblk)
+		fail("records: no disk (give the Launcher --block FILE)");
+	if (vblk_readonly)
+		fail("records: the disk is read-only");
+	kprintf("records: writing numbered records from sector 0, seed %u\n", seed);
+	u64 sector = 0;
+	for (u32 n = 0;; n++) {
+		u32 sectors = record_fill(rec, n, seed);
+		if (sector + sectors > vblk_capacity) {
+			kprintf("records: the disk is full after %u records (%u sectors)\n",
+				n, (u32)sector);
+			return;
+		}
+		int sw = blk_rw(VIRTIO_BLK_T_OUT, sector, rec, sectors * SECTOR_SIZE);
+		if (sw != VIRTIO_BLK_S_OK)
+			fail("records: writing record %u got status %d (I/O error is 1)", n, sw);
+		int sf = blk_flush();
+		if (sf != VIRTIO_BLK_S_OK)
+			fail("records: flushing record %u got status %d (I/O error is 1)", n, sf);
+		kprintf("records: %u flushed\n", n);
+		sector += sectors;
+	}
+}
+
+/* ---- soak ------------------------------------------------------------------------ */
+#define SOAK_SECTOR  2048                  /* 1 MiB in: clear of the self-test's record */
+#define SOAK_CHUNK   (BLK_BUF_SIZE / SECTOR_SIZE)
+
+/* One round of block I/O: 64 KiB written at a place that moves with the
+   round, flushed, read back into a cleared buffer, compared. */
+static void soak_block(u32 round)
+{
+	if (!vblk || vblk_readonly || vblk_capacity < SOAK_SECTOR + SOAK_CHUNK)
+		return;
+	u32 slots = (u32)((vblk_capacity - SOAK_SECTOR) / SOAK_CHUNK);
+	if (slots > 64)
+		slots = 64;
+	u64 sector = SOAK_SECTOR + (u64)(round % slots) * SOAK_CHUNK;
+	u8 *w = blk_bufs[2], *r = blk_bufs[3];
+	u32 x = round * 0x9E3779B9u + 1;
+	for (u32 i = 0; i < BLK_BUF_SIZE; i += 4) {
+		x = xorshift32(x);
+		memcpy(w + i, &x, 4);
+	}
+	int sw = blk_rw(VIRTIO_BLK_T_OUT, sector, w, BLK_BUF_SIZE);
+	int sf = blk_flush();
+	memset(r, 0, BLK_BUF_SIZE);
+	int sr = blk_rw(VIRTIO_BLK_T_IN, sector, r, BLK_BUF_SIZE);
+	int diff = first_difference(w, r, BLK_BUF_SIZE);
+	if (sw || sf || sr || diff >= 0)
+		fail("soak: round %u: block write %d, flush %d, read %d, difference at %d",
+		     round, sw, sf, sr, diff);
+}
+
+void soak_run(u32 seconds)
+{
+	u64 start = now_ns(), end = start + (u64)seconds * 1000000000u;
+	u32 round = 0;
+	kprintf("soak: self-tests and block I/O in a loop for %u s\n", seconds);
+	do {
+		round++;
+		int failures = selftest_run();
+		if (failures)
+			fail("soak: round %u: %d self-tests failed", round, failures);
+		soak_block(round);
+		kprintf("soak: round %u ok, %u s so far\n", round,
+			(u32)div_u64(now_ns() - start, 1000000000u, NULL));
+	} while (now_ns() < end);
+	kprintf("soak: %u rounds passed\n", round);
+}
+
+/* ---- net: frames through the virtio network card ------------------------------- */
+#define NET_HDR     10                     /* the legacy virtio_net_hdr, all zero */
+#define NET_RX_BUFS 8
+#define NET_TX_BUFS 16
+#define NET_BUF     2048
+#define NET_FRAME   60
+static u8 net_rx[NET_RX_BUFS][NET_BUF] __attribute__((aligned(PAGE_SIZE)));
+static u8 net_tx[NET_TX_BUFS][128] __attribute__((aligned(PAGE_SIZE)));
+static u8 net_tx_busy[NET_TX_BUFS];
+
+static void net_offer_rx(struct virtio_device *d, u8 *b)
+{
+	struct vbuf v[2] = { { __pa(b), NET_HDR }, { __pa(b + NET_HDR), NET_BUF - NET_HDR } };
+	if (vq_add(&d->vq[0], v, 0, 2, b) < 0)
+		fail("net: no room to offer a receive buffer");
+}
+
+/* Broadcast frames of an experimental EtherType (0x88B5): nobody acts on them. */
+static void net_frame(u8 *b, u32 n)
+{
+	memset(b, 0, NET_HDR + NET_FRAME);
+	u8 *f = b + NET_HDR;
+	memset(f, 0xFF, 6);
+	static const u8 src[6] = { 0x02, 0x6c, 0x67, 0x6b, 0x00, 0x01 };
+	memcpy(f + 6, src, 6);
+	f[12] = 0x88;
+	f[13] = 0xB5;
+	snprintf((char *)f + 14, NET_FRAME - 14, "lgk frame %u", n);
+}
+
+void net_run(u32 seconds)
+{
+	struct virtio_device *d = virtio_find(VIRTIO_ID_NET, 0);
+	if (!d || d->nvq < 2 || virtio_start(d, "net", 0, 0))
+		fail("net: no network card (give the Launcher --tunnet)");
+	struct virtqueue *rx = &d->vq[0], *tx = &d->vq[1];
+	for (u32 i = 0; i < NET_RX_BUFS; i++)
+		net_offer_rx(d, net_rx[i]);
+	vq_kick(rx);
+	kprintf("net: up: sending frames for %u s\n", seconds);
+	u64 start = now_ns(), end = start + (u64)seconds * 1000000000u, report = start;
+	u32 sent = 0, done = 0, received = 0, inflight = 0;
+	u8 *b;
+	u32 len;
+	for (;;) {
+		int more = now_ns() < end;
+		for (u32 i = 0; more && i < NET_TX_BUFS; i++) {
+			if (net_tx_busy[i])
+				continue;
+			net_frame(net_tx[i], sent);
+			struct vbuf v[2] = { { __pa(net_tx[i]), NET_HDR },
+					     { __pa(net_tx[i] + NET_HDR), NET_FRAME } };
+			if (vq_add(tx, v, 2, 0, net_tx[i]) < 0)
+				break;
+			net_tx_busy[i] = 1;
+			inflight++;
+			sent++;
+		}
+		if (!inflight)
+			break;
+		vq_kick(tx);
+		/* A device that takes no frame in 30 s is stuck: that is the hang
+		   the tests look for. */
+		if (!(b = vq_wait(tx, NULL)))
+			fail("net: the device took no frame for 30 s (%u sent, %u done)", sent, done);
+		do {
+			net_tx_busy[(u32)(b - net_tx[0]) / sizeof(net_tx[0])] = 0;
+			inflight--;
+			done++;
+		} while ((b = vq_get_used(tx, NULL)));
+		int offered = 0;
+		while ((b = vq_get_used(rx, &len))) {
+			received++;
+			net_offer_rx(d, b);
+			offered = 1;
+		}
+		if (offered)
+			vq_kick(rx);
+		if (now_ns() >= report) {
+			kprintf("net: %u frames sent, %u received\n", done, received);
+			report += 1000000000u;
+		}
+	}
+	kprintf("net: done: %u frames sent, %u received\n", done, received);
 }

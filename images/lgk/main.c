@@ -84,6 +84,20 @@ const char *cmdline_value(const char *key)
 	return value;
 }
 
+u32 cmdline_u32(const char *key, u32 fallback)
+{
+	const char *s = cmdline_value(key);
+	u32 v = 0;
+	if (!s || !*s)
+		return fallback;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return fallback;
+		v = v * 10 + (u32)(*s - '0');
+	}
+	return v;
+}
+
 /* `echo`: one line from the console, back out. The default run never
    reads input, so it never waits for anyone. */
 static void echo_line(void)
@@ -130,14 +144,24 @@ void kmain(void)
 
 	int bench = cmdline_has("bench"), restart = cmdline_has("restart");
 	int echo = cmdline_has("echo");
+	/* The robustness tests' workloads (devtest.c); each ends the run
+	   itself if something goes wrong. */
+	int records = cmdline_has("records") || cmdline_value("records");
+	int soak = cmdline_value("soak") != NULL, net = cmdline_value("net") != NULL;
 	if (echo)
 		echo_line();
 	int failures = 0;
-	if (cmdline_has("selftest") || (!bench && !restart && !echo))
+	if (cmdline_has("selftest") || (!bench && !restart && !echo && !records && !soak && !net))
 		failures = selftest_run();
 	if (bench)
 		bench_run();
-	if (restart) {
+	if (net)
+		net_run(cmdline_u32("net", 10));
+	if (soak)
+		soak_run(cmdline_u32("soak", 60));
+	if (records)
+		records_run(cmdline_u32("records", 1));
+	if (restart && !failures) {
 		kprintf("lgk: restarting\n");
 		shutdown("Restarting", LGUEST_SHUTDOWN_RESTART);
 	}

@@ -9,7 +9,9 @@ saw acknowledged and then flushed is on disk.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 
 from ..errors import GuestFault, UserError
@@ -38,15 +40,19 @@ class Block(Device):
             self.fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
         except IsADirectoryError:
             raise UserError(f"--block {path} is a directory") from None
-        except PermissionError:
-            hint = "" if readonly else " (add ,ro to use it read-only)"
-            raise UserError(f"--block {path}: permission denied{hint}") from None
         except OSError as exc:
-            raise UserError(f"--block {path}: {exc.strerror}") from None
-        self.size = os.fstat(self.fd).st_size
-        if self.size < SECTOR:
+            raise UserError(_open_error(path, readonly, exc)) from None
+        try:
+            mode = os.fstat(self.fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise UserError(f"--block {path} is neither a regular file nor a block device")
+            # A block device's fstat size is 0; seeking to its end tells.
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            if self.size < SECTOR:
+                raise UserError(f"--block {path} is smaller than one 512-byte sector")
+        except BaseException:
             os.close(self.fd)
-            raise UserError(f"--block {path} is smaller than one 512-byte sector")
+            raise
         self.serial = os.path.basename(path).encode()[:VIRTIO_BLK_ID_BYTES]
 
     def features(self) -> int:
@@ -118,6 +124,25 @@ class Block(Device):
     def close(self) -> None:
         self.stop()
         os.close(self.fd)
+
+
+def _open_error(path: str, readonly: bool, exc: OSError) -> str:
+    """One sentence for a disk file that would not open."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if not readonly and _readable(path):
+            return f"--block {path} is read-only to us: add ,ro to use it read-only"
+        return f"--block {path}: permission denied"
+    if exc.errno == errno.EROFS:
+        return f"--block {path} is on a read-only filesystem: add ,ro to use it read-only"
+    return f"--block {path}: {exc.strerror}"
+
+
+def _readable(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 def _split(bufs: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview]]:

@@ -1,7 +1,10 @@
 """virtio-console (type 3): queue 0 carries input to the guest, queue 1 its
 output (lguest-abi.md §9.6).
 
-Output is written out whole. Input is read from a file descriptor (stdin
+Output is written out whole. If it cannot be written at all (stdout is a
+pipe whose reader went away, a terminal that hung up, a full disk) the run
+ends with that reason, the way SIGPIPE ends a writer: a guest nobody can
+hear has no reason to run on. Input is read from a file descriptor (stdin
 usually) only while the guest has offered a buffer for it, one read per
 buffer; at end of input the console stops reading. Three reads that each
 return a lone ^C, within a second, stop the guest: the way out of an
@@ -13,6 +16,7 @@ import os
 import time
 from typing import BinaryIO, Callable
 
+from ..errors import GuestFault
 from .device import Device
 from .vring import Vring
 
@@ -22,6 +26,11 @@ VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 EMERG_WR_OFFSET = 8
 CTRL_C = b"\x03"
 CTRL_C_WINDOW = 1.0
+
+
+class OutputClosed(GuestFault):
+    """The console's output went away. Not the guest's doing, but it ends the
+    run the same way a fault does: with this sentence as the reason."""
 
 
 class Console(Device):
@@ -36,6 +45,7 @@ class Console(Device):
         self.input_waiting = False       # stdin has data but no buffer was free
         self.eof = False
         self.output = bytearray() if out is None else None
+        self.out_closed = False
 
     def start(self, queues) -> None:
         super().start(queues)
@@ -71,11 +81,34 @@ class Console(Device):
                 self.input_waiting = False
 
     def write(self, data: bytes) -> None:
+        if self.out_closed:
+            return
         try:
             self.out.write(data)
             self.out.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass                        # output closed: the guest carries on
+        except BlockingIOError:
+            pass                        # a non-blocking stdout that is full: drop it
+        except (OSError, ValueError) as exc:
+            self.out_closed = True
+            why = getattr(exc, "strerror", None) or "it is closed"
+            self._discard_output()
+            raise OutputClosed(f"the console's output could not be written ({why})") from None
+
+    def _discard_output(self) -> None:
+        """From now on the output's descriptor leads to /dev/null, so that
+        nothing else (the early console, Python flushing stdout at exit)
+        trips over it again."""
+        try:
+            fd = self.out.fileno()
+            null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            os.dup2(null, fd)
+        except OSError:
+            pass
+        finally:
+            os.close(null)
 
     def on_fd(self, fd: int) -> bool | None:
         """stdin is readable: True to keep polling it, None to pause until

@@ -15,6 +15,7 @@ import fcntl
 import os
 import struct
 import subprocess
+import sys
 
 from ..errors import UserError
 from .device import Device
@@ -107,6 +108,7 @@ class Net(Device):
         else:
             self.ifname = "test"
         self.tap = tap_fd
+        self.gone = False
 
     def features(self) -> int:
         bits = (VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
@@ -136,8 +138,10 @@ class Net(Device):
             while (chain := vq.pop()) is not None:
                 try:
                     os.writev(self.tap, chain.readable)
-                except (BlockingIOError, OSError):
-                    pass                # a full or vanished tap drops the frame, as a wire would
+                except BlockingIOError:
+                    pass                # a full tap drops the frame, as a wire would
+                except OSError as exc:
+                    self.tap_gone(exc)  # and so does one that went away
                 vq.push(chain.head, 0)
         # receive buffers are filled when the tap has frames (on_fd)
 
@@ -151,10 +155,24 @@ class Net(Device):
                 frame_len = os.readv(self.tap, chain.writable)
             except BlockingIOError:
                 return True             # the buffer stays offered for the next frame
-            except OSError:
-                return False            # the tap went away: stop receiving
+            except OSError as exc:
+                self.tap_gone(exc)      # stop receiving; the buffer stays the guest's
+                return False
+            if frame_len == 0:          # end of file: nothing will ever come
+                self.tap_gone(None)
+                return False
             vq.advance()
             vq.push(chain.head, frame_len)
+
+    def tap_gone(self, exc: OSError | None) -> None:
+        """Say once that the host side is gone (someone deleted the tap
+        device, say); the guest carries on, its frames dropped as a
+        cable pulled out would drop them."""
+        if not self.gone:
+            self.gone = True
+            why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+            print(f"launcher: {self.name}: the tap device {self.ifname} failed{why}: "
+                  "the guest's frames are dropped", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         os.close(self.tap)
