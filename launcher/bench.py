@@ -233,13 +233,15 @@ class RssSampler:
         self.thread.join()
 
 
-def run_own_guest(cmdline: str, disk: str | None = None) -> tuple[MarkedConsole, object, int]:
+def run_own_guest(cmdline: str, disk: str | None = None,
+                  fast_traps: bool = True) -> tuple[MarkedConsole, object, int]:
     """Boot the bundled guest in-process; (console, outcome, start ns)."""
     from .run import BUNDLED_GUEST, GuestConfig, Session
     console = MarkedConsole()
     devices = [("block", (disk, False))] if disk else []
     config = GuestConfig(kernel=BUNDLED_GUEST, mem=64 << 20, cmdline=cmdline,
-                         devices_spec=devices, console=console, timeout=600)
+                         devices_spec=devices, console=console, timeout=600,
+                         fast_traps=fast_traps)
     start = time.monotonic_ns()
     session = Session(config)
     console.session = session
@@ -250,7 +252,7 @@ def run_own_guest(cmdline: str, disk: str | None = None) -> tuple[MarkedConsole,
     return console, outcome, start
 
 
-def guest_benchmarks() -> dict:
+def guest_benchmarks(fast_traps: bool = True) -> dict:
     """Boot the own guest (images/lgk) with `bench` and a scratch disk and
     collect its one machine-readable `bench:` line, the exits between its
     markers, and the host's baselines on the same disk file; then boot it
@@ -259,7 +261,7 @@ def guest_benchmarks() -> dict:
     import tempfile
     with tempfile.NamedTemporaryFile(prefix="lgk-bench-", suffix=".img") as disk:
         disk.truncate(DISK_BYTES)
-        console, outcome, _ = run_own_guest("bench", disk.name)
+        console, outcome, _ = run_own_guest("bench", disk.name, fast_traps)
         host = host_baselines(disk.name)
     text = console.out.decode("utf-8", "replace")
     line = re.search(r"^bench: (.*)$", text, re.M)
@@ -279,7 +281,7 @@ def guest_benchmarks() -> dict:
             result[f"blk_{kind}_ratio"] = round(result[f"blk_{kind}_mbps"]
                                                 / host[f"host_{kind}_mbps"], 3)
     with RssSampler() as rss:
-        console, outcome, start = run_own_guest("")
+        console, outcome, start = run_own_guest("", fast_traps=fast_traps)
     if outcome.kind != "poweroff" or console.first_selftest_ns is None:
         raise RuntimeError(f"the own guest did not pass its self-tests: {outcome.message}")
     result["boot_ms"] = round((console.first_selftest_ns - start) / 1e6, 1)
@@ -335,13 +337,14 @@ class LineWatch:
         pass
 
 
-def measure(n: int, guest: bool = True) -> dict:
+def measure(n: int, guest: bool = True, fast_traps: bool = True) -> dict:
     c_floor, py_floor = exit_floors(n)
     floor = hypercall_floor(n)
     hcall, exits = hypercall_cost(n)
-    extra = guest_benchmarks() if guest else {}
+    extra = guest_benchmarks(fast_traps) if guest else {}
     return extra | linux_boots() | {
         "kvm": "testbed" if os.environ.get("LGUEST_IN_TESTBED") else "native",
+        "fast_traps": fast_traps,
         "iterations": n,
         "exit_floor_ns": round(c_floor, 1),
         "py_exit_floor_ns": round(py_floor, 1),
@@ -399,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="exits per measurement (default 20000 natively, 3000 in the testbed)")
     p.add_argument("--no-guest", action="store_true",
                    help="skip the own guest's micro benchmarks (syscall, page fault, disk...)")
+    p.add_argument("--no-fast-traps", action="store_true",
+                   help="run the own guest's benchmarks with every page fault through Python")
     p.add_argument("--no-testbed", action="store_true",
                    help="do not re-run inside the testbed when this KVM cannot run our guests")
     args = p.parse_args(argv)
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if status is not None:
         return status
     n = args.iterations or (3000 if os.environ.get("LGUEST_IN_TESTBED") else 20000)
-    result = measure(n, guest=not args.no_guest)
+    result = measure(n, guest=not args.no_guest, fast_traps=not args.no_fast_traps)
     if args.json:
         print(json.dumps(result))
     else:

@@ -9,9 +9,12 @@ from kvm_support import require_kvm
 
 pytestmark = pytest.mark.kvm
 
-KEYS = {"kvm", "exit_floor_ns", "py_exit_floor_ns", "hypercall_ns", "hypercall_ratio",
-        "policy_ratio", "guest_syscall_ns", "pagefault_ns", "ctxswitch_ns",
-        "blk_read_mbps", "blk_write_mbps"}
+KEYS = {"kvm", "exit_floor_ns", "py_exit_floor_ns", "hypercall_floor_ns", "hypercall_ns",
+        "hypercall_ratio", "policy_ratio", "guest_syscall_ns", "host_syscall_ns",
+        "syscall_ratio", "pagefault_ns", "pagefault_exits_per_fault", "ctxswitch_ns",
+        "ctxswitch_exits_per_switch", "blk_read_mbps", "blk_write_mbps", "host_read_mbps",
+        "host_write_mbps", "blk_read_ratio", "timer_latency_us_median", "timer_latency_us_p99",
+        "boot_ms", "launcher_rss_mb", "guest_hypercall_exits", "guest_syscall_exits"}
 
 
 def test_bench_json_has_every_key_with_sane_figures():
@@ -26,3 +29,10 @@ def test_bench_json_has_every_key_with_sane_figures():
         result["hypercall_ns"] / result["exit_floor_ns"], rel=0.01)
     assert result["hypercall_exits"] == 300 + 2        # the loop, INIT and SHUTDOWN
     assert result["blk_read_mbps"] > 0 and result["blk_write_mbps"] > 0
+    # Exits per operation are counted exactly between the guest's markers.
+    assert result["guest_hypercall_exits"] == 1 and result["guest_syscall_exits"] == 0
+    assert result["pagefault_exits_per_fault"] < 0.1       # the Switcher's fast path
+    assert result["policy_ratio"] == pytest.approx(
+        result["hypercall_ns"] / result["hypercall_floor_ns"], rel=0.01)
+    assert 0 < result["timer_latency_us_median"] <= result["timer_latency_us_p99"]
+    assert 0 < result["launcher_rss_mb"] < 200 and result["boot_ms"] > 0

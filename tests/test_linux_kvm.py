@@ -1,4 +1,5 @@
-"""Real Linux lguest guests (generation G2, Linux 3.x), end to end.
+"""Real Linux lguest guests (G2: Linux 3.x, lguest bus; G3: 4.1-4.13,
+virtio over PCI), end to end: the same tests for every kernel given.
 
 Kernels are not part of the project: build them yourself (README, "Guest
 kernels") and point the tests at them:
@@ -6,9 +7,9 @@ kernels") and point the tests at them:
     LGUEST_TEST_KERNELS=/path/bzImage-3.14-nopae:/path/bzImage-3.14-pae \\
     LGUEST_TEST_INITRD=/path/initramfs.cpio.gz  python3 -m pytest tests/test_linux_kvm.py
 
-The initramfs must start a shell on /dev/hvc0 after printing
-"userspace up", and power off when the shell exits. Without the variables
-these tests skip.
+The initramfs must print "userspace up" and start a shell on the virtio
+console (/dev/hvc0; late 4.x stable kernels number it /dev/hvc1), and power
+off when the shell exits. Without the variables these tests skip.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ pytestmark = pytest.mark.kvm
 KERNELS = [k for k in os.environ.get("LGUEST_TEST_KERNELS", "").split(":") if k]
 INITRD = os.environ.get("LGUEST_TEST_INITRD")
 BOOT_TIMEOUT = float(os.environ.get("LGUEST_TEST_BOOT_TIMEOUT", "300"))
+# The fork/exec workload: a G3 kernel takes ~3x the exits of a G2 one for it,
+# and in the testbed every exit runs the Host's Python under emulation.
+WORK_TIMEOUT = float(os.environ.get("LGUEST_TEST_WORK_TIMEOUT", "900"))
 
 
 def kernel_id(path: str) -> str:
@@ -41,7 +45,7 @@ def kernel(request):
 
 def boot(kernel: str, *extra: str, **kw) -> Guest:
     return Guest(kernel, mem="128M", initrd=INITRD, args=["console=hvc0", *extra],
-                 timeout=BOOT_TIMEOUT + 120, **kw)
+                 timeout=BOOT_TIMEOUT + WORK_TIMEOUT, **kw)
 
 
 def test_boots_to_an_interactive_shell_and_powers_off(kernel):
@@ -119,14 +123,22 @@ def test_userspace_workload_and_the_clock(kernel):
         # fork/exec and pipes across many processes, then signals.
         g.send("i=0; while [ $i -lt 60 ]; do (echo $i | cat | wc -c > /dev/null) & "
                "i=$((i+1)); done; wait; echo forks=$i\n")
-        g.expect(r"forks=60", timeout=240)
-        g.send("sleep 30 & p=$!; kill -TERM $p; wait $p; echo sig=$?\n")
-        g.expect(r"sig=143", timeout=60)
+        g.expect(r"forks=60", timeout=WORK_TIMEOUT)
+        # Signal the child only once it is `sleep`: a child that has not
+        # exec'd yet still ignores SIGTERM as the interactive shell does.
+        g.send("sleep 30 & p=$!; while [ \"$(cat /proc/$p/comm)\" != sleep ]; do sleep 1; "
+               "done; kill -TERM $p; wait $p; echo sig=$?\n")
+        g.expect(r"sig=143", timeout=120)
         # Sleeps take their time, and the guest's clock is the host's.
+        # Never early, and never longer than the host saw pass (the forks of
+        # `date` may take seconds when the testbed is busy).
+        host_start = time.time()
         g.send("a=$(date +%s); sleep 2; b=$(date +%s); echo slept=$((b-a)) now=$b\n")
-        m = g.expect(r"slept=(\d+) now=(\d+)", timeout=60)
-        assert int(m.group(1)) in (2, 3)
-        assert abs(int(m.group(2)) - time.time()) < 30
+        m = g.expect(r"slept=(\d+) now=(\d+)", timeout=120)
+        assert 2 <= int(m.group(1)) <= time.time() - host_start + 1
+        # Set from the host's at boot; the testbed's emulated TSC drifts when
+        # the machine is loaded (seen: 44 s behind after 20 busy minutes).
+        assert abs(int(m.group(2)) - time.time()) < 120
         g.send("poweroff -f\n")
         assert g.wait(timeout=120).status == 0
 
@@ -137,6 +149,7 @@ def test_reboot_restarts_in_place(kernel):
         first = len(g.transcript)
         g.send("reboot -f\n")
         g.expect(r"userspace up", timeout=BOOT_TIMEOUT, since=first)
+        g.expect(r"# ", timeout=60, since=first)      # input before the shell may be lost
         g.send("poweroff -f\n")
         result = g.wait(timeout=BOOT_TIMEOUT)
     assert result.status == 0
@@ -179,8 +192,8 @@ def test_a_terminal_gets_raw_mode_ctrl_c_reaches_the_guest_three_stop_it(kernel)
         os.write(master, b"\x03")                    # one ^C: for the guest's sleep
         read_until(b"^C", 60)
         assert proc.poll() is None                   # the launcher is still running
-        os.write(master, b"echo alive=$((40+2))\n")   # and the shell is back at once
-        read_until(b"alive=42", 60)
+        os.write(master, b"echo alive=$((40+2))\n")   # and the shell is back
+        read_until(b"alive=42", 300)                 # (a G3 guest in the testbed is slow)
         assert len(out) > mark
         for _ in range(3):                           # three: stop the guest
             os.write(master, b"\x03")
