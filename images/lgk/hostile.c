@@ -45,18 +45,6 @@ static u32 rnd(void)                    /* xorshift32: the same run for the same
 	return rng_state = x;
 }
 
-static u32 parse_u32(const char *s, u32 fallback)
-{
-	u32 v = 0;
-	if (!s || !*s)
-		return fallback;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return fallback;
-		v = v * 10 + (u32)(*s - '0');
-	}
-	return v;
-}
 
 static u8 zero_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 

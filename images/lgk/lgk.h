@@ -128,6 +128,7 @@ extern char cmdline[256];
 int cmdline_has(const char *word);
 const char *cmdline_value(const char *key);   /* "key=value": value, else NULL */
 u32 cmdline_u32(const char *key, u32 fallback);  /* "key=N": N, else fallback */
+u32 parse_u32(const char *s, u32 fallback);
 
 /* ---- segments.c ------------------------------------------------------------- */
 u64 make_segment(u32 base, u32 limit_pages, u32 type, u32 dpl);

@@ -84,9 +84,9 @@ const char *cmdline_value(const char *key)
 	return value;
 }
 
-u32 cmdline_u32(const char *key, u32 fallback)
+/* A decimal number, or fallback if s is missing, empty or not all digits. */
+u32 parse_u32(const char *s, u32 fallback)
 {
-	const char *s = cmdline_value(key);
 	u32 v = 0;
 	if (!s || !*s)
 		return fallback;
@@ -96,6 +96,11 @@ u32 cmdline_u32(const char *key, u32 fallback)
 		v = v * 10 + (u32)(*s - '0');
 	}
 	return v;
+}
+
+u32 cmdline_u32(const char *key, u32 fallback)
+{
+	return parse_u32(cmdline_value(key), fallback);
 }
 
 /* `echo`: one line from the console, back out. The default run never

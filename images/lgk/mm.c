@@ -118,30 +118,30 @@ pte_t *mm_walk(struct mm *mm, u32 vaddr, int alloc, int user)
 #endif
 }
 
+static void write_pte(struct mm *mm, u32 vaddr, pte_t pte,
+		      void (*tell)(u32, u32, u32, u32, u32))
+{
+	pte_t *p = mm_walk(mm, vaddr, 1, vaddr < PAGE_OFFSET);
+	*p = pte;
+#ifdef CONFIG_PAE
+	tell(LHCALL_SET_PTE, mm->top_pa, vaddr, (u32)pte, (u32)(pte >> 32));
+#else
+	tell(LHCALL_SET_PTE, mm->top_pa, vaddr, pte, 0);
+#endif
+}
+
 /* Filling a PTE that was not present: no TLB can hold it, so the Host
    needs no word before we use the mapping (the hardware walks our tables).
    SET_PTE is queued and reaches the Host with the next synchronous call:
    a demand fault then costs no exit at all with the Switcher's fast path. */
 void mm_fill_pte(struct mm *mm, u32 vaddr, pte_t pte)
 {
-	pte_t *p = mm_walk(mm, vaddr, 1, vaddr < PAGE_OFFSET);
-	*p = pte;
-#ifdef CONFIG_PAE
-	queue_hcall(LHCALL_SET_PTE, mm->top_pa, vaddr, (u32)pte, (u32)(pte >> 32));
-#else
-	queue_hcall(LHCALL_SET_PTE, mm->top_pa, vaddr, pte, 0);
-#endif
+	write_pte(mm, vaddr, pte, queue_hcall);
 }
 
 void mm_set_pte(struct mm *mm, u32 vaddr, pte_t pte)
 {
-	pte_t *p = mm_walk(mm, vaddr, 1, vaddr < PAGE_OFFSET);
-	*p = pte;
-#ifdef CONFIG_PAE
-	lazy_hcall(LHCALL_SET_PTE, mm->top_pa, vaddr, (u32)pte, (u32)(pte >> 32));
-#else
-	lazy_hcall(LHCALL_SET_PTE, mm->top_pa, vaddr, pte, 0);
-#endif
+	write_pte(mm, vaddr, pte, lazy_hcall);
 }
 
 void set_pgd_entry(struct mm *mm, u32 index, u64 value)

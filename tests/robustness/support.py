@@ -16,6 +16,7 @@ sector 0, and holds
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -51,6 +52,25 @@ def run_launcher(*args: str, timeout: float = 240, **kw) -> subprocess.Completed
 
 
 # ---- records ---------------------------------------------------------------------
+@contextlib.contextmanager
+def loop_device(tmp_path, size: int = 4 << 20):
+    """A 4 MiB file attached to a loop device: yields (device, backing file).
+    Skips the test where no loop device can be had."""
+    import pytest
+    backing = tmp_path / "backing.img"
+    with open(backing, "wb") as f:
+        f.truncate(size)
+    r = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"no loop device: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        yield dev, backing
+    finally:
+        subprocess.run(["losetup", "-d", dev])
+
+
 def xorshift32(x: int) -> int:
     x ^= (x << 13) & 0xFFFFFFFF
     x ^= x >> 17

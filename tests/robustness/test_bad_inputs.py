@@ -302,20 +302,11 @@ def test_a_block_device_is_sized_by_seeking(tmp_path):
     from launcher.virtio.block import Block
     if os.geteuid() != 0:
         pytest.skip("attaching a loop device needs root")
-    backing = tmp_path / "backing.img"
-    with open(backing, "wb") as f:
-        f.truncate(4 << 20)
-    r = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                       text=True)
-    if r.returncode:
-        pytest.skip(f"no loop device: {r.stderr.strip()}")
-    dev = r.stdout.strip()
-    try:
+    from support import loop_device
+    with loop_device(tmp_path) as (dev, _backing):
         blk = Block(dev)
         try:
             assert os.fstat(blk.fd).st_size == 0 and blk.size == 4 << 20
             assert struct.unpack_from("<Q", blk.config())[0] == 8192
         finally:
             blk.close()
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=True)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from support import LGK, run_launcher
+from support import LGK, loop_device, run_launcher
 
 pytestmark = pytest.mark.kvm
 
@@ -47,18 +47,8 @@ def test_disk_on_a_read_only_filesystem(tmp_path):
 
 def test_block_device_as_the_disk(tmp_path):
     need_root()
-    backing = tmp_path / "backing.img"
-    with open(backing, "wb") as f:
-        f.truncate(4 << 20)
-    r = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                       text=True)
-    if r.returncode:
-        pytest.skip(f"no loop device: {r.stderr.strip()}")
-    dev = r.stdout.strip()
-    try:
+    with loop_device(tmp_path) as (dev, backing):
         p = run_launcher("--mem", "16M", "--block", dev, LGK, timeout=240)
-    finally:
-        subprocess.run(["losetup", "-d", dev])
     out = p.stdout.decode(errors="replace")
     assert p.returncode == 0, (out[-1500:], p.stderr)
     assert "virtio: block up: 8192 sectors (4096 KiB)" in out
