@@ -132,8 +132,14 @@ def test_kick_during_resume_is_not_lost(guest_elf):
         h.machine.vcpu.kick()
 
     h.host.deliver_interrupts = deliver_then_kick
-    outcome = h.run()
-    assert outcome.kind == "poweroff"
+    # A lost kick leaves the guest spinning: fail, do not hang.
+    guard = threading.Timer(120, h.host.stop, ("killed", "the kick was lost"))
+    guard.start()
+    try:
+        outcome = h.run()
+    finally:
+        guard.cancel()
+    assert outcome.kind == "poweroff", outcome.message
     assert len(kicked) == 1
 
 

@@ -203,13 +203,13 @@ class Host:
     def prepare_resume(self) -> None:
         # Runs before every resume: attribute lookups are kept to a minimum.
         self._clear_kick()
-        if self.interrupts.pending:
-            self.interrupts.deliver()
+        self.deliver_interrupts()
         self.validate_frame()
         self.requests.publish()
 
     def deliver_interrupts(self) -> None:
-        self.interrupts.deliver()
+        if self.interrupts.pending:
+            self.interrupts.deliver()
 
     def validate_frame(self) -> None:
         """Never iret into anything but ring 1 or 3 with IF on and IOPL 0,
