@@ -139,29 +139,20 @@ class PciBus:
                 if offset + width > fn.mmio_size:
                     raise fn.fail(f"accessed BAR0 offset {offset} ({width} bytes), past its "
                                   f"{fn.mmio_size} bytes of registers")
-                self._count(offset)
+                self.mmio_counts[register_kind(offset)] += 1
                 if value is None:
                     return fn.read(offset, width)
                 fn.write(offset, width, value)
                 return 0
         raise GuestFault(f"guest accessed {addr:#x}, outside its memory and every device")
 
-    def _count(self, offset: int) -> None:
-        kind = ("notify" if offset == NOTIFY_OFFSET else "isr" if offset == NOTIFY_OFFSET + 2
-                else "device" if offset >= DEVICE_CFG_OFFSET else "common")
-        self.mmio_counts[kind] += 1
-
     def kind_of(self, addr: int) -> str:
         """A name for --stats: which register an MMIO exit touched."""
         for fn in self.functions:
             base = fn.config.bar_address
             if base <= addr < base + fn.config.bar_bytes:
-                offset = addr - base
-                if offset == NOTIFY_OFFSET:
-                    return f"mmio {fn.name} notify"
-                if offset == NOTIFY_OFFSET + 2:
-                    return f"mmio {fn.name} isr"
-                return f"mmio {fn.name} config"
+                kind = register_kind(addr - base)
+                return f"mmio {fn.name} {'config' if kind in ('common', 'device') else kind}"
         return "mmio unclaimed"
 
     # -- kicks without an exit -----------------------------------------------------
@@ -192,3 +183,12 @@ class PciBus:
     def shutdown(self) -> None:
         for fn in self.functions:
             fn.stop()
+
+
+def register_kind(offset: int) -> str:
+    """Which part of BAR0 an offset is in: notify, isr, device or common."""
+    if offset == NOTIFY_OFFSET:
+        return "notify"
+    if offset == NOTIFY_OFFSET + 2:
+        return "isr"
+    return "device" if offset >= DEVICE_CFG_OFFSET else "common"
