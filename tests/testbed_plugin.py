@@ -225,6 +225,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) 
         item.ihook.pytest_runtest_logreport(report=rep)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     outer.counts[_outcome(reports)] += 1
+    # A local test before this one left its directory and module set up for
+    # us (its teardown stops at what we share); tear down what the next item
+    # does not need, as pytest's own protocol would have.
+    item.session._setupstate.teardown_exact(nextitem)
     return True
 
 
