@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -134,6 +135,24 @@ class GuestRegion:
         self.view = memoryview(self.map)
         self.address = int(ffi.cast("uintptr_t", ffi.from_buffer(self.map)))
 
+    def close(self) -> None:
+        """Give the memory back now, after the VM that used it is closed.
+        The pages are freed at once (MADV_REMOVE), whoever still holds a
+        view of them; the mapping itself goes now if nothing does, else when
+        the last view is collected (a view left over would then read zeros,
+        never touch freed memory)."""
+        if self.map.closed:
+            return
+        try:
+            self.map.madvise(mmap.MADV_REMOVE)
+        except (OSError, AttributeError):     # not shared memory, or an old Python
+            pass
+        self.view.release()
+        try:
+            self.map.close()
+        except BufferError:
+            pass
+
 
 class Vm:
     """A KVM virtual machine: memory slots and vCPUs."""
@@ -184,6 +203,11 @@ class Vcpu:
         _check(lib.shim_vcpu_init(self.shim, fd, vm.kvm.vcpu_mmap_size, kick_vector),
                "mmap of kvm_run")
         self.run_page = self.shim.run
+        # kick() and stop() come from other threads (devices, timers, the
+        # --timeout); after close() the shim's kvm_run page is gone, so they
+        # must become no-ops, and close() must not race one in progress.
+        self._closing = threading.Lock()
+        self._closed = False
         self.io = lib.shim_run_io(self.run_page)
         self.mmio = lib.shim_run_mmio(self.run_page)
         self.kick_vector = kick_vector
@@ -216,7 +240,9 @@ class Vcpu:
     def kick(self) -> None:
         """From any thread: make the guest take the kick vector at its next
         instruction boundary (or at once if it is not running)."""
-        lib.shim_vcpu_kick(self.shim)
+        with self._closing:
+            if not self._closed:
+                lib.shim_vcpu_kick(self.shim)
 
     def clear_kick(self) -> None:
         lib.shim_vcpu_clear_kick(self.shim)
@@ -224,7 +250,9 @@ class Vcpu:
     def stop(self) -> None:
         """From any thread: make run() return SHIM_RUN_STOPPED now and from
         then on, whatever the guest is doing."""
-        lib.shim_vcpu_stop(self.shim)
+        with self._closing:
+            if not self._closed:
+                lib.shim_vcpu_stop(self.shim)
 
     # -- setup ------------------------------------------------------------
     def get_regs(self):
@@ -281,7 +309,10 @@ class Vcpu:
                 "eintr_exits": s.eintr_exits}
 
     def close(self) -> None:
-        if self.fd >= 0:
+        with self._closing:
+            if self.fd < 0:
+                return
+            self._closed = True
             lib.shim_vcpu_fini(self.shim)
             os.close(self.fd)
             self.fd = -1

@@ -307,6 +307,10 @@ class Machine:
         """Release the VM; ``keep_kvm`` leaves /dev/kvm open for the next boot."""
         self.vcpu.close()
         self.vm.close()
+        # Now that KVM has let go of them: a reboot must not keep the old
+        # VM's RAM until Python's cycle collector finds it.
+        for region in (self.ram, self.sw_ro, self.sw_rw):
+            region.close()
         if not keep_kvm:
             self.kvm.close()
 

@@ -183,6 +183,7 @@ class Session:
         finally:
             if timer is not None:
                 timer.cancel()
+                timer.join()          # a host.stop() under way ends before the VM does
             bus.shutdown()
             machine.close(keep_kvm=True)
 

@@ -164,3 +164,20 @@ def test_unknown_hypercall_kills(guest_elf):
     h = Harness(guest_elf, "corrupt")       # its hypercall is unregistered here
     outcome = h.run()
     assert outcome == type(outcome)("killed", "unknown hypercall 103")
+
+
+def test_closed_machine_gives_its_ram_back_and_ignores_late_kicks(guest_elf):
+    # A reboot builds a new Machine: the old one's RAM must go at once, and
+    # a device or timer thread that kicks it late must not touch freed state.
+    from launcher.machine import Machine
+    from test_kvm import _rss_kib_of
+
+    machine = Machine(16 << 20)
+    machine.memory.write(0, b"\x55" * (16 << 20))
+    address = machine.ram.address
+    assert _rss_kib_of(address) >= 16 << 10
+    machine.close()
+    assert not _rss_kib_of(address)           # no pages, or no mapping at all
+    machine.vcpu.kick()
+    machine.vcpu.stop()
+    machine.close()
