@@ -116,15 +116,21 @@ class Vring:
         return chain
 
     def walk(self, head: int) -> Chain:
+        # The hot path of every device: the descriptor table was checked to
+        # lie in guest memory when the ring was set up (an indirect table when
+        # it is entered), so descriptors are unpacked in place, and each
+        # buffer's bounds are compared inline (addr and length are unsigned).
         chain = Chain(head)
+        readable, writable = chain.readable, chain.writable
+        view, limit = self.memory.view, self.memory.size
+        unpack = DESC.unpack_from
         table, size, index = self.desc, self.num, head
         indirect = False
         for _ in range(self.num + 1):
             if index >= size:
                 raise GuestFault(f"{self.name}: descriptor index {index} is past the "
                                  f"{'indirect table' if indirect else 'ring'} ({size} entries)")
-            addr, length, flags, nxt = DESC.unpack(
-                self.memory.read(table + 16 * index, 16, f"{self.name} descriptor"))
+            addr, length, flags, nxt = unpack(view, table + 16 * index)
             if flags & VRING_DESC_F_INDIRECT:
                 if indirect:
                     raise GuestFault(f"{self.name}: nested indirect descriptor table")
@@ -134,14 +140,14 @@ class Vring:
                 self._check(addr, length, "indirect table")
                 table, size, index, indirect = addr, length // 16, 0, True
                 continue
-            self._check(addr, length, "buffer")
-            view = self.memory.slice(addr, length)
+            if addr + length > limit:
+                self._check(addr, length, "buffer")
             if flags & VRING_DESC_F_WRITE:
-                chain.writable.append(view)
+                writable.append(view[addr:addr + length])
             else:
-                if chain.writable:
+                if writable:
                     raise GuestFault(f"{self.name}: a readable buffer follows a writable one")
-                chain.readable.append(view)
+                readable.append(view[addr:addr + length])
             if not flags & VRING_DESC_F_NEXT:
                 return chain
             index = nxt
