@@ -147,10 +147,10 @@ class GuestRegion:
             self.map.madvise(mmap.MADV_REMOVE)
         except (OSError, AttributeError):     # not shared memory, or an old Python
             pass
-        self.view.release()
         try:
+            self.view.release()
             self.map.close()
-        except BufferError:
+        except BufferError:     # a view or export of it is still held
             pass
 
 
