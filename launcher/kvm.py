@@ -213,15 +213,10 @@ class Vcpu:
         self.kick_vector = kick_vector
 
     # -- the hot path ---------------------------------------------------
-    def run(self) -> int:
-        """Run until an exit Python must see; returns the KVM exit reason,
-        SHIM_RUN_SIGNAL when a signal for Python interrupted KVM_RUN, or
-        SHIM_RUN_STOPPED after stop()."""
-        ret = lib.shim_vcpu_run(self.shim)
-        if ret < 0 and ret not in (lib.SHIM_RUN_SIGNAL, lib.SHIM_RUN_STOPPED):
-            raise KvmError("KVM_RUN", -ret)
-        return ret
-
+    # KVM_RUN itself is lib.shim_vcpu_run(self.shim), called straight from
+    # Host.run's loop: it returns the KVM exit reason, SHIM_RUN_SIGNAL when a
+    # signal for Python cut it short, SHIM_RUN_STOPPED after stop(), or
+    # -errno.
     def mmio_access(self) -> tuple[int, int, int | None]:
         """After KVM_EXIT_MMIO: (guest-physical address, width, the value
         written, or None for a read)."""

@@ -45,7 +45,7 @@ class AsyncRing:
         host = self.host
         data = host.lguest_data
         memory = host.memory
-        status_at = data.gpa + data.layout.hcall_status
+        status_at = self.status_at
         args_at = data.gpa + data.layout.hcalls
         # Only what was queued when we started: the guest may keep queueing.
         snapshot = memory.read(status_at, LHCALL_RING_SIZE, "async hypercall status")

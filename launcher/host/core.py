@@ -5,8 +5,8 @@ One iteration (design.md, "One exit, end to end"):
 1. ``prepare_resume``: deliver a pending virtual interrupt if the guest can
    take one, check the frame we are about to resume (cs/ss ring 1 or 3, IF on,
    IOPL 0), and publish the privileged requests for the Switcher;
-2. KVM_RUN (the shim's run call, what ``Vcpu.run`` wraps) until the
-   Switcher's `out` (or another exit);
+2. KVM_RUN (``lib.shim_vcpu_run``, see kvm.Vcpu) until the Switcher's
+   `out` (or another exit);
 3. decode the register page and dispatch: a hypercall by number, a trap by
    vector. A handler that finds the guest misbehaving raises ``GuestFault``
    and the loop kills the guest with that reason.
