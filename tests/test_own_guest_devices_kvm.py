@@ -68,7 +68,7 @@ def summary(result: subprocess.CompletedProcess) -> tuple[int, int]:
 # ---- the drivers' self-tests ------------------------------------------------------
 @pytest.mark.parametrize("image", [LGK, LGK_PAE], ids=["non-PAE", "PAE"])
 def test_device_self_tests_pass(image, disk):
-    result = launcher("--block", str(disk), "--rng", image)
+    result = launcher("--block", str(disk), "--rng", image, "diskwrite")
     passed, failed = summary(result)
     assert failed == 0 and "FAILED" not in result.stdout, result.stdout
     assert passed >= 45, result.stdout
@@ -85,11 +85,11 @@ def test_device_self_tests_pass(image, disk):
 
 
 def test_second_boot_reads_the_first_boots_data(disk):
-    first = launcher("--block", str(disk), LGK)
+    first = launcher("--block", str(disk), LGK, "diskwrite")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr
     assert "blk: no record on the disk: a fresh disk" in first.stdout
     assert disk.read_bytes()[:RECORD_SECTORS * SECTOR] == record(1)
-    second = launcher("--block", str(disk), LGK_PAE)        # the other page-table format
+    second = launcher("--block", str(disk), LGK_PAE, "diskwrite")   # the other table format
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr
     assert "blk: found the record of boot 1" in second.stdout
     assert "selftest: blk_persist ok" in second.stdout
@@ -107,6 +107,23 @@ def test_read_only_disk(disk):
     assert disk.read_bytes() == before
 
 
+def test_default_run_leaves_every_byte_of_the_disk_as_it_was(tmp_path):
+    # A user's real image, given as the README's first command suggests: the
+    # default run (and the benchmark) only read it.
+    disk = tmp_path / "real.img"
+    disk.write_bytes(os.urandom(DISK_SIZE))
+    before = disk.read_bytes()
+    result = launcher("--block", str(disk), "--rng", "--mem", "64M")      # the bundled guest
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "selftest: blk_persist ok" in result.stdout
+    assert "blk: read-only checks" in result.stdout
+    assert "blk_write_read" not in result.stdout
+    bench = launcher("--block", str(disk), LGK, "bench")
+    assert bench.returncode == 0, bench.stderr
+    assert re.search(r"blk_read_mbps=", bench.stdout) and "blk_write_mbps" not in bench.stdout
+    assert disk.read_bytes() == before
+
+
 def test_without_devices_only_the_console_is_checked():
     # Input on stdin must not be read (nor waited for) by the default run.
     result = launcher(LGK, input="nobody reads this\n")
@@ -118,7 +135,7 @@ def test_without_devices_only_the_console_is_checked():
 
 
 def test_bench_reports_disk_throughput(disk):
-    result = launcher("--block", str(disk), LGK, "bench")
+    result = launcher("--block", str(disk), LGK, "bench", "diskwrite")
     assert result.returncode == 0, result.stderr
     line = re.search(r"^bench: .*$", result.stdout, re.M)
     assert line, result.stdout

@@ -3,12 +3,16 @@
  * when the Launcher gave us that device (`--block FILE`, `--rng`; the console
  * is always there), so a run without devices has fewer checks, not failures.
  *
- * The block tests keep a record on the disk, so that a second boot can see
- * what the first one wrote: sectors 0-127 (64 KiB) hold, per sector, the text
- * "lgk-disk sector SSSSS boot BBBBB\n" and then bytes (i*31 + S*7 + B) & 0xFF
- * for offsets i = 33..511, where B counts the boots that wrote the disk.
+ * By default the block tests only read: a disk handed to the bundled guest
+ * may be somebody's real image, and every byte of it must stay as it was.
+ * With the word `diskwrite` on the command line they also keep a record on
+ * the disk, so that a second boot can see what the first one wrote: sectors
+ * 0-127 (64 KiB) hold, per sector, the text "lgk-disk sector SSSSS boot
+ * BBBBB\n" and then bytes (i*31 + S*7 + B) & 0xFF for offsets i = 33..511,
+ * where B counts the boots that wrote the disk.
  * (tests/test_own_guest_devices_kvm.py computes the same bytes.)
- * Nothing else on the disk is touched, except by the benchmark (from 1 MiB).
+ * Nothing else on the disk is touched, except by the benchmark (from 1 MiB,
+ * also only with `diskwrite`) and the records= and soak= workloads.
  *
  * At the end, the workloads the robustness tests drive through the command
  * line (records=, soak=, net=): see "Workloads" below.
@@ -72,6 +76,7 @@ static void test_block(void)
 		return;
 	u8 *w = blk_bufs[0], *r = blk_bufs[1];
 	u64 cap = vblk_capacity;
+	int may_write = blk_may_write();
 	if (cap >= RECORD_SECTORS) {
 		/* What an earlier boot left: all of it, or nothing. */
 		memset(r, 0, BLK_BUF_SIZE);
@@ -91,6 +96,9 @@ static void test_block(void)
 		if (vblk_readonly) {
 			st = blk_rw(VIRTIO_BLK_T_OUT, 0, w, SECTOR_SIZE);
 			check("blk_readonly", st == VIRTIO_BLK_S_IOERR, "a write got status %d", st);
+		} else if (!may_write) {
+			kprintf("blk: read-only checks (the guest word `diskwrite` lets the "
+				"self-test write its record over sectors 0-%u)\n", RECORD_SECTORS - 1);
 		} else {
 			/* Write the next record across 16 page-sized buffers, flush,
 			   read it back into a cleared buffer, compare. */
@@ -112,9 +120,11 @@ static void test_block(void)
 		kprintf("blk: the disk is smaller than 64 KiB: no data checks\n");
 	}
 
-	/* Past the end: an I/O error, and nothing written. */
+	/* Past the end: an I/O error, and nothing written. (The write is tried
+	   only with `diskwrite`: a Host that got it wrong must not cost a user
+	   the last sector of a real image.) */
 	int s1 = blk_rw(VIRTIO_BLK_T_IN, cap, r, SECTOR_SIZE);
-	int s2 = vblk_readonly ? VIRTIO_BLK_S_IOERR
+	int s2 = vblk_readonly || !may_write ? VIRTIO_BLK_S_IOERR
 			       : blk_rw(VIRTIO_BLK_T_OUT, cap - 1, w, 2 * SECTOR_SIZE);
 	check("blk_past_end", s1 == VIRTIO_BLK_S_IOERR && s2 == VIRTIO_BLK_S_IOERR,
 	      "read at %u: status %d; write across the end: status %d", (u32)cap, s1, s2);

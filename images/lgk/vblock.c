@@ -119,3 +119,10 @@ int blk_flush(void)
 {
 	return blk_rw(VIRTIO_BLK_T_FLUSH, 0, NULL, 0);
 }
+
+/* A disk given to the bundled guest may be a user's real image: the
+   self-test and the benchmark write to it only when asked to. */
+int blk_may_write(void)
+{
+	return cmdline_has("diskwrite");
+}

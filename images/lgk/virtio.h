@@ -171,6 +171,7 @@ int blk_submit(struct blk_req *rq, u32 type, u64 sector, const struct vbuf *data
 struct blk_req *blk_complete(void);       /* wait for any request to finish */
 int blk_rw(u32 type, u64 sector, void *buf, u32 len);     /* one request, waited for */
 int blk_flush(void);
+int blk_may_write(void);                  /* the guest word `diskwrite` was given */
 
 /* ---- vrng.c --------------------------------------------------------------------------- */
 extern struct virtio_device *vrng;

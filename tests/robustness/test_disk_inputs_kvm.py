@@ -48,7 +48,7 @@ def test_disk_on_a_read_only_filesystem(tmp_path):
 def test_block_device_as_the_disk(tmp_path):
     need_root()
     with loop_device(tmp_path) as (dev, backing):
-        p = run_launcher("--mem", "16M", "--block", dev, LGK, timeout=240)
+        p = run_launcher("--mem", "16M", "--block", dev, LGK, "diskwrite", timeout=240)
     out = p.stdout.decode(errors="replace")
     assert p.returncode == 0, (out[-1500:], p.stderr)
     assert "virtio: block up: 8192 sectors (4096 KiB)" in out

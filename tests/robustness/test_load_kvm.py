@@ -39,7 +39,7 @@ def test_twenty_guests_at_once(tmp_path):
         err = open(tmp_path / f"err{i}.txt", "wb")
         procs.append((subprocess.Popen(
             launcher_argv("--mem", MEM, "--timeout", "1500", "--block", str(disk), "--rng",
-                          (LGK, LGK_PAE)[i % 2]),
+                          (LGK, LGK_PAE)[i % 2], "diskwrite"),
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=launcher_env()), out, err))
     low = mem_available_kib()
     deadline = started + 1800
