@@ -59,7 +59,6 @@ from typing import BinaryIO, Iterable, Optional, Sequence
 
 QEMU = "qemu-system-x86_64"
 BUSYBOX = "/bin/busybox"
-KERNEL_META_PACKAGE = "linux-image-amd64"
 INSTALL_HINT = "run scripts/install-deps"
 
 # Exit statuses of our own, in the style of timeout(1) and env(1).
@@ -78,6 +77,7 @@ WANTED_MODULES = (
     "tun",              # tap devices for --tunnet
     "veth",             # veth pairs into test network namespaces
     "bridge",           # --tunnet bridge:BR
+    "loop",             # loop devices: a real block device behind --block
 )
 
 # Environment passed from the caller into the VM, besides every LGUEST_*.
@@ -329,34 +329,68 @@ def _sh(argv: Sequence[str], what: str, **kw) -> str:
     return r.stdout
 
 
-def kernel_package_name() -> str:
-    """The versioned package linux-image-amd64 currently depends on.
+# The OS's own kernel, found through its meta package: Debian's
+# linux-image-amd64, or Ubuntu's linux-image-generic (whose modules are split
+# into linux-modules-* and linux-modules-extra-*, and compressed with zstd).
+KERNEL_META_PACKAGES = ("linux-image-amd64", "linux-image-generic", "linux-image-virtual")
+_KERNEL_PART = re.compile(r"^\s*\|?Depends:\s*(linux-(?:image|modules|modules-extra)-[0-9]\S*)",
+                          re.M)
 
-    It must be the generic flavour: the cloud flavour has no 9p modules.
+
+def kernel_parts(depends_of) -> tuple[str, list[str]]:
+    """(meta package, the versioned packages that make up its kernel).
+
+    ``depends_of(name)`` returns ``apt-cache depends`` output, or None where
+    apt knows no such package. Pure, for the unit tests.
     """
-    out = _sh(["apt-cache", "depends", KERNEL_META_PACKAGE],
-              f"apt-cache depends {KERNEL_META_PACKAGE}")
-    names = re.findall(r"Depends:\s*(linux-image-[0-9][^\s]*-amd64)\b", out)
-    names = [n for n in names if "cloud" not in n]
-    if not names:
-        raise TestbedError(f"cannot find the kernel package behind {KERNEL_META_PACKAGE} "
-                           "(apt lists missing? run apt-get update)")
-    return names[0]
+    for meta in KERNEL_META_PACKAGES:
+        out = depends_of(meta)
+        if out is None:
+            continue
+        parts: list[str] = []
+        queue = [out]
+        while queue:                      # the image depends on its modules
+            for name in _KERNEL_PART.findall(queue.pop()):
+                # The cloud flavour has no 9p modules.
+                if "cloud" in name or name in parts:
+                    continue
+                parts.append(name)
+                more = depends_of(name)
+                if more:
+                    queue.append(more)
+        if any(n.startswith("linux-image-") for n in parts):
+            return meta, parts
+    raise TestbedError(
+        f"cannot find a kernel package ({' or '.join(KERNEL_META_PACKAGES)}; "
+        "apt lists missing? run apt-get update). On another distribution, set "
+        "LGUEST_TESTBED_CACHE to a directory holding vmlinuz, modules/ and kernel.json "
+        "made on a Debian or Ubuntu machine")
+
+
+def _apt_depends(name: str) -> Optional[str]:
+    try:
+        r = subprocess.run(["apt-cache", "depends", name], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise TestbedError(f"apt-cache not found (the testbed takes its kernel from "
+                           f"Debian's or Ubuntu's packages): {INSTALL_HINT}") from None
+    return r.stdout if r.returncode == 0 and "Depends:" in r.stdout else None
 
 
 def _fetch_kernel(p: CachePaths) -> dict:
-    package = kernel_package_name()
+    meta, packages = kernel_parts(_apt_depends)
     with tempfile.TemporaryDirectory(prefix="testbed-kernel-") as tmp:
         # apt's sandbox user cannot write into root's temp dirs; the download
         # works anyway but warns, so let the sandbox user in.
         os.chmod(tmp, 0o777)
-        _sh(["apt-get", "download", "-q", package], f"apt-get download {package}", cwd=tmp)
-        debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
+        _sh(["apt-get", "download", "-q", *packages], f"apt-get download {' '.join(packages)}",
+            cwd=tmp)
+        debs = sorted(f for f in os.listdir(tmp) if f.endswith(".deb"))
         if not debs:
-            raise TestbedError(f"apt-get download {package} produced no .deb")
+            raise TestbedError(f"apt-get download {meta}'s kernel produced no .deb")
         tree = os.path.join(tmp, "x")
-        _sh(["dpkg-deb", "-x", os.path.join(tmp, debs[0]), tree], "dpkg-deb -x")
-        return _harvest_kernel(p, tree, package)
+        for deb in debs:                  # one tree: image and modules together
+            _sh(["dpkg-deb", "-x", os.path.join(tmp, deb), tree], f"dpkg-deb -x {deb}")
+        return _harvest_kernel(p, tree, " ".join(packages))
 
 
 def _harvest_kernel(p: CachePaths, tree: str, package: str) -> dict:
@@ -468,7 +502,7 @@ def _index_modules(moddir: str) -> dict[str, str]:
     index: dict[str, str] = {}
     for dirpath, _, files in os.walk(moddir):
         for f in files:
-            if re.search(r"\.ko(\.xz|\.gz)?$", f):
+            if re.search(r"\.ko(\.xz|\.gz|\.zst)?$", f):
                 index[_module_name(f)] = os.path.join(dirpath, f)
     return index
 
@@ -486,6 +520,13 @@ def _read_module(path: str) -> bytes:
         return lzma.decompress(open(path, "rb").read())
     if path.endswith(".gz"):
         return gzip.decompress(open(path, "rb").read())
+    if path.endswith(".zst"):             # Ubuntu's; the standard library has no zstd
+        try:
+            return subprocess.run(["zstd", "-dc", path], capture_output=True,
+                                  check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            raise TestbedError(f"cannot decompress {os.path.basename(path)}: "
+                               "install zstd") from None
     with open(path, "rb") as f:
         return f.read()
 

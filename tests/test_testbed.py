@@ -17,7 +17,7 @@ import tempfile
 import pytest
 
 from launcher import testbed
-from testbed_plugin import decide_where
+from testbed_plugin import _Progress, decide_where
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,6 +103,59 @@ def test_decide_where():
     assert decide_where({"LGUEST_TESTBED": "0"}, unusable)[0] == "native"
     # Inside the testbed, never nest, even if the outer environment forced it.
     assert decide_where({"LGUEST_IN_TESTBED": "1", "LGUEST_TESTBED": "1"}, unusable)[0] == "native"
+
+
+DEBIAN_DEPENDS = {
+    "linux-image-amd64": "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n",
+    "linux-image-6.1.0-57-amd64": "linux-image-6.1.0-57-amd64\n  Depends: kmod\n"
+                                  "  Depends: linux-base\n",
+}
+UBUNTU_DEPENDS = {
+    "linux-image-generic": "linux-image-generic\n"
+                           "  Depends: linux-image-6.8.0-49-generic\n"
+                           "  Depends: linux-modules-extra-6.8.0-49-generic\n"
+                           "  Depends: linux-firmware\n",
+    "linux-image-6.8.0-49-generic": "linux-image-6.8.0-49-generic\n"
+                                    "  Depends: linux-modules-6.8.0-49-generic\n"
+                                    " |Depends: linux-image-6.8.0-49-generic-cloud\n",
+    "linux-modules-6.8.0-49-generic": "linux-modules-6.8.0-49-generic\n  Depends: kmod\n",
+    "linux-modules-extra-6.8.0-49-generic": "x\n  Depends: linux-modules-6.8.0-49-generic\n",
+}
+
+
+def test_kernel_parts_debian_and_ubuntu():
+    assert testbed.kernel_parts(DEBIAN_DEPENDS.get) == (
+        "linux-image-amd64", ["linux-image-6.1.0-57-amd64"])
+    # Ubuntu: the image, its modules, and the extra modules (9p lives in
+    # one of them depending on the release); never the cloud flavour.
+    meta, parts = testbed.kernel_parts(UBUNTU_DEPENDS.get)
+    assert meta == "linux-image-generic"
+    assert sorted(parts) == ["linux-image-6.8.0-49-generic", "linux-modules-6.8.0-49-generic",
+                             "linux-modules-extra-6.8.0-49-generic"]
+    with pytest.raises(testbed.TestbedError, match="cannot find a kernel package"):
+        testbed.kernel_parts({}.get)
+
+
+def test_progress_prints_each_test_once_when_its_teardown_is_in(tmp_path):
+    path = tmp_path / "results.json"
+    lines: list[str] = []
+    progress = _Progress(str(path), 3, lines.append)
+    progress.stop()                    # no file yet: nothing, and no error
+    assert lines == []
+
+    def write(tests):
+        path.write_text(json.dumps({"tests": tests}))
+
+    running = {"outcome": "passed", "duration": 1.0, "reports": [{"when": "setup"},
+                                                                  {"when": "call"}]}
+    done = dict(running, reports=running["reports"] + [{"when": "teardown"}])
+    write({"t.py::a": done, "t.py::b": running})
+    progress.poll()
+    write({"t.py::a": done, "t.py::b": dict(done, outcome="failed", duration=2.25)})
+    progress.poll()
+    progress.poll()
+    assert lines == ["testbed [1/3] PASSED t.py::a (1.0 s)",
+                     "testbed [2/3] FAILED t.py::b (2.2 s)"]
 
 
 # ------------------------------------------------------------ booting the VM
