@@ -15,10 +15,13 @@ Inside the testbed means: at the first kvm item, ONE VM boots and runs
 ``python -m pytest <every selected kvm node id>``; that inner pytest (this
 plugin again, in "inner" mode because LGUEST_IN_TESTBED and
 LGUEST_TESTBED_RESULTS are set) writes each test's reports to a JSON file
-under /tmp. The outer session then replays them item by item, so results,
-tracebacks and -ra summaries look as if the tests had run here. The VM's
-own output goes to a log file, printed (tail) only on failure, or live
-with -v. LGUEST_TESTBED_TIMEOUT (seconds) bounds the VM's run.
+under /tmp. While the VM runs, the outer session prints one line per test
+as it finishes in there ("testbed [12/130] PASSED tests/x.py::test_y
+(3.1 s)"), read from that file; afterwards it replays the reports item by
+item, so results, tracebacks and -ra summaries look as if the tests had run
+here. The VM's own output goes to a log file, printed (tail) only on
+failure, or live with -v. LGUEST_TESTBED_TIMEOUT (seconds) bounds the VM's
+run.
 
 When the testbed cannot run (not prepared, no qemu) kvm tests skip with the
 reason -- or fail, when CI is set: CI must never skip them silently.
@@ -34,6 +37,7 @@ from contextlib import nullcontext
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Optional
 
@@ -129,10 +133,17 @@ class _Outer:
                     tr.write_line(f"testbed: booting a VM for {len(nodeids)} kvm test(s) "
                                   f"({self.why})", bold=True)
                 sink = _Tee(log, sys.stdout.buffer if verbose else None)
-                self.status = testbed.run(
-                    argv, cwd=str(self.config.rootpath), stdout=sink, stderr=sink,
-                    stdin=subprocess.DEVNULL, timeout=float(timeout) if timeout else None,
-                    extra_env={RESULTS_ENV: results, "LGUEST_TESTBED": "0"})
+                # With -v the inner pytest's own lines stream already.
+                progress = None if verbose or not tr else _Progress(results, len(nodeids),
+                                                                    tr.write_line)
+                try:
+                    self.status = testbed.run(
+                        argv, cwd=str(self.config.rootpath), stdout=sink, stderr=sink,
+                        stdin=subprocess.DEVNULL, timeout=float(timeout) if timeout else None,
+                        extra_env={RESULTS_ENV: results, "LGUEST_TESTBED": "0"})
+                finally:
+                    if progress is not None:
+                        progress.stop()
             self.results = _load_results(results)
         except Exception as exc:  # TestbedError and friends: report, do not crash
             self.status = None
@@ -151,6 +162,43 @@ class _Outer:
         except OSError:
             return "(no testbed output)"
         return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class _Progress:
+    """Prints a line for each test as it finishes inside the testbed.
+
+    The inner session rewrites the results file atomically after every
+    report; a test is finished once its teardown report is there. Polled
+    from a thread while the main one waits for the VM.
+    """
+
+    POLL_S = 2.0
+
+    def __init__(self, path: str, total: int, write_line) -> None:
+        self.path, self.total, self.write_line = path, total, write_line
+        self.done: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            self.poll()
+
+    def poll(self) -> None:
+        for nodeid, entry in _load_results(self.path).items():
+            if nodeid in self.done or not any(r.get("when") == "teardown"
+                                               for r in entry.get("reports", [])):
+                continue
+            self.done.add(nodeid)
+            self.write_line(f"testbed [{len(self.done)}/{self.total}] "
+                            f"{entry.get('outcome', 'passed').upper()} {nodeid} "
+                            f"({entry.get('duration', 0.0):.1f} s)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()              # the last ones, written just before the VM ended
 
 
 class _Tee:
