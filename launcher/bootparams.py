@@ -1,4 +1,4 @@
-"""The x86 boot protocol as lguest used it (lguest-abi.md §1).
+"""The x86 boot protocol as lguest used it (docs/abi.md §1).
 
 ``load_kernel`` puts a bzImage or a vmlinux-style ELF into guest memory,
 builds the zero page (``struct boot_params``) at guest-physical 0, the
@@ -67,7 +67,7 @@ def align_up(n: int, a: int = PAGE) -> int:
 
 
 def generation(version: str) -> LguestDataLayout:
-    """Which lguest ABI a kernel speaks, from "3.14.40 ..." (lguest-abi.md §0)."""
+    """Which lguest ABI a kernel speaks, from "3.14.40 ..." (docs/abi.md §0)."""
     m = re.match(r"(\d+)\.(\d+)", version)
     if not m:
         return G2
@@ -206,7 +206,7 @@ def _write_zero_page(memory: GuestMemory, header: bytes, mem: int, cmdline: str,
                      initrd_at: int, initrd_size: int) -> None:
     zp = bytearray(PAGE)
     # Newer decompressors read more of their own header than lguest filled
-    # in, so start from the kernel's header (lguest-abi.md §1.2).
+    # in, so start from the kernel's header (docs/abi.md §1.2).
     zp[ZP_SETUP_SECTS:ZP_SETUP_SECTS + len(header)] = header
     zp[ZP_SENTINEL] = 0
     zp[ZP_E820_ENTRIES] = 1

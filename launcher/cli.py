@@ -7,8 +7,9 @@ off; 1 it crashed, panicked or was killed (the reason on stderr); 2 a usage
 or input error; 3 it asked to reboot and --no-reboot was given; 124 the
 --timeout expired; 130 it was stopped by three ^C or a signal.
 
-On a host whose KVM cannot run 32-bit paged guests (design.md, "Where it
-runs") the command says so and re-runs itself inside the testbed VM.
+On a host whose KVM cannot run 32-bit paged guests (docs/architecture.md,
+"Where it runs, and the testbed") the command says so and re-runs itself
+inside the testbed VM.
 """
 from __future__ import annotations
 

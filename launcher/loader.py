@@ -1,6 +1,6 @@
 """Loading ELF images into guest memory.
 
-A vmlinux-style ELF (lguest-abi.md §1.3): each PT_LOAD segment's file bytes
+A vmlinux-style ELF (docs/abi.md §1.3): each PT_LOAD segment's file bytes
 go to guest-physical ``p_paddr``; the rest of it stays zero; the entry point
 is ``e_entry``, a physical address on i386. bzImages and the zero page are
 launcher/bootparams.py's.

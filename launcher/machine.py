@@ -1,4 +1,4 @@
-"""Building the VM an lguest guest runs in (design.md, "The VM the Host builds").
+"""Building the VM an lguest guest runs in (docs/architecture.md, "The VM the Host builds").
 
 One VM, one vCPU, 32-bit protected mode with paging:
 
@@ -24,7 +24,7 @@ from .memory import GuestMemory
 from .switcher import (CS, DS, EFLAGS, EIP, ES, ESI, ESP, FS, GS, NREGS, PAGE, SS,
                        RequestArea, SwitcherImage, load_image)
 
-# GDT slots and selectors (lguest-abi.md §2.1).
+# GDT slots and selectors (docs/abi.md §2.1).
 GDT_ENTRIES = 32
 LGUEST_CS_ENTRY, LGUEST_DS_ENTRY = 10, 11
 GUEST_CS_ENTRY, GUEST_DS_ENTRY = 12, 13
@@ -39,7 +39,8 @@ KICK_VECTOR = 0x20                       # what a kick injects (never a guest ga
 X86_EFLAGS_IF = 0x200
 ERRCODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 
-# Control registers are the Host's (design.md): the guest cannot write them.
+# Control registers are the Host's: the guest cannot write them
+# (docs/architecture.md, "The VM the Host builds").
 CR0_PE, CR0_MP, CR0_TS, CR0_ET, CR0_NE = 0x1, 0x2, 0x8, 0x10, 0x20
 CR0_WP, CR0_AM, CR0_PG = 0x10000, 0x40000, 0x80000000
 CR0_GUEST = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
@@ -52,7 +53,7 @@ PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 MSR_MISC_FEATURES_ENABLES = 0x140
 MSR_MISC_FEATURES_CPUID_FAULT = 1
 
-# CPUID bits hidden from a paravirt guest (lguest-abi.md §12.9).
+# CPUID bits hidden from a paravirt guest (docs/abi.md §12.9).
 CPUID1_ECX_HIDE = (1 << 21) | (1 << 26) | (1 << 27) | (1 << 31)   # x2APIC XSAVE OSXSAVE HYPERVISOR
 CPUID1_EDX_HIDE = 1 << 11                                         # SEP: no sysenter
 
@@ -199,7 +200,7 @@ class Machine:
     def _setup_idt(self) -> None:
         for vector in range(IDT_ENTRIES):
             self.idt[vector] = self.host_gate(vector, 0)
-        # The hypercall gate: reachable from ring 1 only (lguest-abi.md §3.1).
+        # The hypercall gate: reachable from ring 1 only (docs/abi.md §3.1).
         self.idt[LGUEST_TRAP_ENTRY] = self.host_gate(LGUEST_TRAP_ENTRY, 1)
 
     def host_gate(self, vector: int, dpl: int) -> int:
@@ -223,7 +224,7 @@ class Machine:
             flags = PTE_P | PTE_A | (PTE_RW | PTE_D if addr >= img.SW_RO_END else 0)
             pt[i] = addr | flags
             pae_pt[i] = addr | flags
-        # "Linear mode" (lguest-abi.md §1.5): until the first NEW_PGTABLE the
+        # "Linear mode" (docs/abi.md §1.5): until the first NEW_PGTABLE the
         # guest sees RAM at virtual == physical, supervisor-only, through
         # 4 MiB pages, plus the Switcher in the top slot.
         pd = self._rw_view(img.SW_LINEAR_PD, PAGE).cast("I")
@@ -291,7 +292,7 @@ class Machine:
         self.vcpu.set_regs(r)
 
     def set_start(self, entry: int, **regs: int) -> None:
-        """The guest's initial state (lguest-abi.md §1.4), then any overrides
+        """The guest's initial state (docs/abi.md §1.4), then any overrides
         (by register name) a test or loader wants."""
         from .switcher import REG_NAMES
         r = self.regs

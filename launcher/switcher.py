@@ -27,7 +27,7 @@ SWITCHER_ELF = os.path.join(DATA_DIR, "switcher.elf")
 
 PAGE = 4096
 
-# struct lguest_regs, in 32-bit words (lguest-abi.md §6.1).
+# struct lguest_regs, in 32-bit words (docs/abi.md §6.1).
 EAX, EBX, ECX, EDX, ESI, EDI, EBP, GS, FS, DS, ES = range(11)
 TRAPNUM, ERRCODE, EIP, CS, EFLAGS, ESP, SS = range(11, 18)
 REG_NAMES = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "gs", "fs", "ds", "es",

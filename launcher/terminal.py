@@ -1,4 +1,4 @@
-"""The user's terminal while a guest owns the console (lguest-abi.md §11.2).
+"""The user's terminal while a guest owns the console (docs/abi.md §11.2).
 
 When stdin is a terminal, ISIG, ICANON and ECHO are cleared so every key,
 ^C included, goes to the guest; the settings come back on every way out.

@@ -1,6 +1,6 @@
 """The testbed: run one command inside a throwaway VM that has a real KVM.
 
-Why it exists (design.md, "Where it runs, and how we test it here"): the
+Why it exists (docs/architecture.md, "Where it runs, and the testbed"): the
 machines this project is developed on have PVM, a software KVM that cannot run
 32-bit paged guests. So every test that needs KVM runs inside QEMU in software
 (TCG) with ``-cpu max`` -- an emulated AMD CPU with SVM and nested paging --

@@ -67,7 +67,7 @@
         .set SW_REQ_INVLPG_MAX, 32
 
 /*
- * ---- The page-fault fast path (seeds/003, "M:012") ----
+ * ---- The page-fault fast path (docs/architecture.md, "Traps: direct, handled, reflected") ----
  * Python keeps these up to date in the GDT page, which the guest sees
  * read-only: whether the fast path is on, the guest's #PF handler and gate
  * type, its ring-1 stack, and where lguest_data's cr2 and irq_enabled are

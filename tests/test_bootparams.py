@@ -1,4 +1,4 @@
-"""Boot loading (lguest-abi.md §1) on synthetic images, without KVM."""
+"""Boot loading (docs/abi.md §1) on synthetic images, without KVM."""
 import struct
 
 import pytest

@@ -2,7 +2,7 @@ from launcher import descriptors as D
 
 
 def test_flat_code_segment_matches_lguest_constants():
-    # lguest-abi.md §2.3: LGUEST_CS and the initial guest CS, low then high.
+    # docs/abi.md §2.3: LGUEST_CS and the initial guest CS, low then high.
     assert D.split(D.segment(0, 0xFFFFF, 0xB, 0)) == (0x0000FFFF, 0x00CF9B00)
     assert D.split(D.segment(0, 0xFFFFF, 0xB, 1)) == (0x0000FFFF, 0x00CFBB00)
     assert D.split(D.segment(0, 0xFFFFF, 0x3, 1)) == (0x0000FFFF, 0x00CFB300)

@@ -1,4 +1,4 @@
-"""Virtual interrupt delivery rules (lguest-abi.md §6.5), the async ring,
+"""Virtual interrupt delivery rules (docs/abi.md §6.5), the async ring,
 SET_STACK, TS/#NM and the notify map, without KVM."""
 import os
 import threading

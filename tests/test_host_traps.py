@@ -1,4 +1,4 @@
-"""The IDT duty and trap delivery (lguest-abi.md §6.2-6.4), on a fake machine."""
+"""The IDT duty and trap delivery (docs/abi.md §6.2-6.4), on a fake machine."""
 import pytest
 
 from fakes import FakeMachine

@@ -1,7 +1,7 @@
 """The G3 PCI bus on a fake Host, without KVM: configuration cycles through
 ports 0xCF8/0xCFC as Linux's conf1 code makes them, slot order and BAR
 placement, MMIO routing, the early console through the PCI_CFG window,
-and a device brought up and served end to end (lguest-abi.md §10)."""
+and a device brought up and served end to end (docs/abi.md §10)."""
 import io
 import time
 

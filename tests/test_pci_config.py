@@ -1,6 +1,6 @@
 """PCI configuration space of one function, without a bus or KVM: the
 header, the capability chain, BAR sizing, what may be written, and the
-PCI_CFG window into BAR0 (lguest-abi.md §10.3)."""
+PCI_CFG window into BAR0 (docs/abi.md §10.3)."""
 import struct
 
 import pytest

@@ -1,6 +1,6 @@
 """BAR0 of one virtio-PCI function, without KVM: the bring-up sequence, each
 common-config field's rules (a broken rule kills the guest with the field's
-name), queues, ISR and interrupts, reset (lguest-abi.md §10.4)."""
+name), queues, ISR and interrupts, reset (docs/abi.md §10.4)."""
 import io
 import time
 

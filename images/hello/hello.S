@@ -87,7 +87,7 @@ power_down:
         .balign 8
 bench_cycles:
         .long 0, 0
-lguest_data:                        /* G2 layout, lguest-abi.md §4 */
+lguest_data:                        /* G2 layout, docs/abi.md §4 */
         .long 0, 1
         .fill 16, 1, 0
         .fill 64, 1, 0xff

@@ -4,7 +4,7 @@
  * Every byte of output passes through console_write(). Until the virtio
  * console is up (vconsole.c) that is the early console: NOTIFY with the
  * physical address of a NUL-terminated string of at most 16 characters
- * (lguest-abi.md §9.3). The Host hands any NOTIFY value that is not a device
+ * (docs/abi.md §9.3). The Host hands any NOTIFY value that is not a device
  * to the Launcher, which prints the string. After that, output goes through
  * the console's queue 1; panic() switches back, because the early console
  * cannot go wrong.

@@ -6,7 +6,7 @@
  * How we get here. A trap or interrupt reaches one of the stubs below either
  * straight from the CPU (a "direct trap": the Host put our trap gate into
  * the real IDT, e.g. int $0x80 or int3) or from the Host, which pushed the
- * same frame onto our stack as the CPU would have (lguest-abi.md §6.4).
+ * same frame onto our stack as the CPU would have (docs/abi.md §6.4).
  * Either way the stack holds, from the top: [ss esp] if we came from ring 3,
  * eflags, cs, eip, and for vectors 8, 10-14 and 17 an error code.
  */

@@ -39,7 +39,7 @@ typedef unsigned int size_t;
 #define USER_DEMAND_END 0x20400000u
 #define USER_STACK_TOP 0xC0000000u        /* one page just below the kernel */
 
-/* Segment selectors (lguest-abi.md §2.1). */
+/* Segment selectors (docs/abi.md §2.1). */
 #define KERNEL_CS      0x61               /* GDT 12, RPL 1 */
 #define KERNEL_DS      0x69               /* GDT 13, RPL 1 */
 #define USER_CS        0x73               /* GDT 14, RPL 3 */

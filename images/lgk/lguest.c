@@ -2,7 +2,7 @@
  * lguest.c - talking to the Host: lguest_data, hypercalls, the async
  * hypercall ring, the virtual interrupt flag, and SHUTDOWN.
  *
- * Everything here follows lguest-abi.md §3-§5.
+ * Everything here follows docs/abi.md §3-§5.
  */
 #include "lgk.h"
 

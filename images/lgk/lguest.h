@@ -1,6 +1,6 @@
 /*
  * lguest.h - the guest's half of the lguest ABI, generation G2
- * (as in Linux 3.10-3.19), restated from /work/shared/lguest-abi.md.
+ * (as in Linux 3.10-3.19), restated from docs/abi.md.
  * Included from C and from assembly.
  */
 #ifndef LGUEST_H

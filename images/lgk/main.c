@@ -18,7 +18,7 @@ int mem_guessed;                      /* no e820 map: mem_size is a guess */
 #define PAGING "non-PAE"
 #endif
 
-/* boot_params (lguest-abi.md §1.2): the Launcher fills in e820 entry 0 (all
+/* boot_params (docs/abi.md §1.2): the Launcher fills in e820 entry 0 (all
    of RAM) and a pointer to the command line. We read nothing else. */
 static void read_mem_size(void)
 {

@@ -2,7 +2,7 @@
  * mm.c - physical pages and page tables.
  *
  * The Host uses the hardware to walk our page tables, but the ABI still says
- * what to tell it when they change (lguest-abi.md §7), and we honour that:
+ * what to tell it when they change (docs/abi.md §7), and we honour that:
  *
  *   a new or changed PTE            SET_PTE(top, vaddr, pte)
  *   a top-level entry               SET_PGD(top, index)   (PAE: the PDPT)

@@ -7,7 +7,7 @@
  * not preemptible: a task switch happens when a task blocks (schedule()), or
  * on the way back to user space when the timer tick asked for one.
  *
- * What the Host must hear at a switch (lguest-abi.md §3.3): the kernel stack
+ * What the Host must hear at a switch (docs/abi.md §3.3): the kernel stack
  * to use when the next task traps from ring 3 (SET_STACK), its TLS entries
  * (LOAD_TLS), its page tables (NEW_PGTABLE) and, for lazy FPU, that the FPU
  * must trap on first use (TS). All four go into the async ring and reach

@@ -5,7 +5,7 @@
  * descriptor at a time (LOAD_GDT_ENTRY) and three thread-local ones at a
  * time (LOAD_TLS, entries 6-8). The Host fixes every descriptor up as it
  * stores it: DPL 0 becomes DPL 1 (we run at ring 1) and the accessed bit is
- * set (lguest-abi.md §2.2). So, like Linux, we describe our kernel segments
+ * set (docs/abi.md §2.2). So, like Linux, we describe our kernel segments
  * as ring 0 and let the Host adjust them.
  */
 #include "lgk.h"

@@ -3,7 +3,7 @@
  *
  * The Host gives us one one-shot timer: SET_CLOCKEVENT(ns) raises IRQ 0
  * (vector 32) that many nanoseconds from now; a new call replaces the old
- * one and 0 cancels it (lguest-abi.md §8). The scheduler tick re-arms it from
+ * one and 0 cancels it (docs/abi.md §8). The scheduler tick re-arms it from
  * the interrupt. Time itself comes from rdtsc, which runs natively, scaled by
  * the tsc_khz the Host wrote into lguest_data; without it we fall back on the
  * wall clock the Host keeps in lguest_data.time.

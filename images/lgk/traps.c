@@ -2,7 +2,7 @@
  * traps.c - the IDT, and what happens after entry.S has saved the registers.
  *
  * Like the GDT, the real IDT is the Host's: we describe each gate with
- * LOAD_IDT_ENTRY and the Host decides how it reaches us (lguest-abi.md
+ * LOAD_IDT_ENTRY and the Host decides how it reaches us (docs/abi.md
  * §6.2-6.3). Trap gates for exceptions and for int $0x80 go "direct": the CPU
  * enters our handler without leaving the VM. #NM, #GP and #PF always pass
  * through the Host first (it emulates in/out, handles lazy FPU, records cr2),

@@ -1,6 +1,6 @@
 /*
  * vconsole.c - the virtio console (type 3): queue 0 brings input, queue 1
- * takes output (lguest-abi.md §9.6).
+ * takes output (docs/abi.md §9.6).
  *
  * Output. Once the device is up, console_write() lands here instead of in the
  * early console. Each write is copied into one of a ring of small buffers and

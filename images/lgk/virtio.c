@@ -1,5 +1,5 @@
 /*
- * virtio.c - the lguest bus and the virtqueues on it (lguest-abi.md §9).
+ * virtio.c - the lguest bus and the virtqueues on it (docs/abi.md §9).
  *
  * Finding devices. The descriptor page sits at guest-physical `mem`, the end
  * of the RAM e820 entry 0 reports; mm.c keeps a window of kernel addresses

@@ -1,6 +1,6 @@
 /*
  * virtio.h - the lguest bus and legacy virtqueues, as lgk's drivers see them
- * (lguest-abi.md §9), and the drivers' entry points.
+ * (docs/abi.md §9), and the drivers' entry points.
  *
  * The Launcher puts one page of device descriptors at guest-physical `mem`
  * (the first page after the RAM e820 reports) and each virtqueue's ring in

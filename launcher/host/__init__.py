@@ -3,8 +3,8 @@
 - ``core``        the exit loop: run, decode, dispatch, kill, resume
 - ``hypercalls``  LHCALL_* numbers and the dispatch table
 - ``traps``       the guest's IDT, the real IDT's direct traps, delivering a
-                  trap or interrupt into the guest (lguest-abi.md §6)
-- ``segments``    the GDT and TLS entries (lguest-abi.md §2)
+                  trap or interrupt into the guest (docs/abi.md §6)
+- ``segments``    the GDT and TLS entries (docs/abi.md §2)
 
 Read ``core`` first.
 """

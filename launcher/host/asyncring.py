@@ -1,4 +1,4 @@
-"""The async hypercall ring (lguest-abi.md §5).
+"""The async hypercall ring (docs/abi.md §5).
 
 In lazy sections (page-table batches, context switches) the guest queues
 hypercalls in lguest_data instead of trapping for each: 64 entries, each a
@@ -24,7 +24,7 @@ STATUS_FREE = 0xFF
 class AsyncRing:
     def __init__(self, host: "Host") -> None:
         self.host = host
-        self.cursor = 0            # never reset (lguest-abi.md §5)
+        self.cursor = 0            # never reset (docs/abi.md §5)
         self.executed = 0
 
     def drain(self) -> None:

@@ -1,6 +1,6 @@
 """The exit loop: where every trip out of the guest lands.
 
-One iteration (design.md, "One exit, end to end"):
+One iteration (docs/architecture.md, "One exit, end to end"):
 
 1. ``prepare_resume``: deliver a pending virtual interrupt if the guest can
    take one, check the frame we are about to resume (cs/ss ring 1 or 3, IF on,
@@ -41,7 +41,7 @@ LGUEST_SHUTDOWN_POWEROFF, LGUEST_SHUTDOWN_RESTART = 1, 2
 X86_EFLAGS_IOPL = 0x3000
 X86_EFLAGS_VM = 0x20000
 # Selectors the guest may hold in ds/es/fs/gs: null, or a GDT entry that is
-# not one of the Host's own (lguest-abi.md §2.1). Whether the descriptor
+# not one of the Host's own (docs/abi.md §2.1). Whether the descriptor
 # there is usable is the CPU's to say: a bad one faults in the Switcher,
 # which reports it (switcher_fault_message).
 _HOST_GDT_ENTRIES = (10, 11, 16, 31)
@@ -321,7 +321,7 @@ class Host:
         handler(a1, a2, a3, a4)
 
     def hcall_init(self, gpa: int, *_: int) -> None:
-        """LGUEST_INIT (lguest-abi.md §3.4): learn where lguest_data lives
+        """LGUEST_INIT (docs/abi.md §3.4): learn where lguest_data lives
         and fill in what the Host owes the guest there."""
         if self.lguest_data is not None:
             raise GuestFault("LGUEST_INIT called twice")
@@ -479,7 +479,7 @@ class Host:
 
     def emulate_io(self) -> bool:
         """lguest's #GP(0) emulation of in/out at ring 1: reads give all ones,
-        writes are dropped, and `cli` is skipped (lguest-abi.md §6.6)."""
+        writes are dropped, and `cli` is skipped (docs/abi.md §6.6)."""
         r = self.regs
         if (r[CS] & 3) != 1:
             return False

@@ -1,4 +1,4 @@
-"""Hypercall numbers (lguest-abi.md §3.2) and the dispatch table.
+"""Hypercall numbers (docs/abi.md §3.2) and the dispatch table.
 
 A hypercall is `int $0x1f` with the call number in eax and up to four
 arguments in ebx, ecx, edx, esi. The Host looks the number up in a plain

@@ -1,4 +1,4 @@
-"""Virtual interrupts (lguest-abi.md §6.5).
+"""Virtual interrupts (docs/abi.md §6.5).
 
 The guest's interrupt flag is virtual: ``lguest_data.irq_enabled`` holds
 0x200 or 0, and ``blocked_interrupts`` masks single IRQs. The real IF is
@@ -13,7 +13,7 @@ so the delivery step runs at the next instruction boundary.
 
 While an IRQ is held back by ``irq_enabled == 0`` the Host must also force
 exits itself: G1/G2 guests re-enable interrupts with a plain store that
-never asks for SEND_INTERRUPTS (lguest-abi.md §12.15). ``held_back`` tells
+never asks for SEND_INTERRUPTS (docs/abi.md §12.15). ``held_back`` tells
 the timer thread to keep kicking until delivery succeeds.
 """
 from __future__ import annotations

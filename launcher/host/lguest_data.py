@@ -1,7 +1,7 @@
 """``struct lguest_data``: the page of state the guest shares with the Host.
 
 The guest passes its guest-physical address to LGUEST_INIT. Field offsets
-move between kernel generations (lguest-abi.md §4, §12.3), so each
+move between kernel generations (docs/abi.md §4, §12.3), so each
 generation is a ``LguestDataLayout`` and the Host picks one per guest.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The notify map: NOTIFY value -> eventfd, read without locks (§9.4).
+"""The notify map: NOTIFY value -> eventfd, read without locks (docs/abi.md §9.4).
 
 The vCPU thread looks up every LHCALL_NOTIFY; device set-up adds entries
 from other threads. Like lguest's RCU-protected array, the map is an

@@ -2,8 +2,8 @@
 
 Under the original lguest the Host kept shadow page tables. Here nested
 paging already isolates guest RAM, so the CPU walks the guest's own tables
-and the Host keeps only lguest's *semantics* (design.md, "Memory and page
-tables"):
+and the Host keeps only lguest's *semantics* (docs/architecture.md, "Paging
+without shadow tables"):
 
 - NEW_PGTABLE writes the Switcher's entry into the table the guest hands
   over (non-PAE: PDE 1023; PAE: PMD slot 510 under PDPT[3]) and asks the
@@ -48,7 +48,7 @@ class PageTables:
 
     # -- PAE detection -------------------------------------------------------
     def looks_like_pdpt(self, top: int) -> bool:
-        """A PAE PDPT's entries carry only the present bit (lguest-abi.md §1.5);
+        """A PAE PDPT's entries carry only the present bit (docs/abi.md §1.5);
         a non-PAE page directory's first entries carry 0x067-style flags."""
         entries = [self.memory.u64(top + 8 * i, "page table") for i in range(4)]
         present = [e for e in entries if e]
@@ -111,7 +111,7 @@ class PageTables:
 
     def check_table_entry(self, entry: int, what: str) -> None:
         """A present directory entry (PDE or PMD) must point at a page table
-        in guest RAM, never at a large page (lguest-abi.md §7)."""
+        in guest RAM, never at a large page (docs/abi.md §7)."""
         if not entry & PTE_P:
             return
         if entry & PTE_PS:

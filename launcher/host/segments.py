@@ -1,4 +1,4 @@
-"""The GDT duty: LOAD_GDT_ENTRY and LOAD_TLS (lguest-abi.md §2).
+"""The GDT duty: LOAD_GDT_ENTRY and LOAD_TLS (docs/abi.md §2).
 
 The guest's descriptors go into the real GDT (in the Switcher's read-only
 slot, written through the Host's own mapping) with lguest's fixups: DPL 0

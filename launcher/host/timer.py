@@ -1,4 +1,4 @@
-"""Time (lguest-abi.md §8): the guest's one-shot clock event, and the
+"""Time (docs/abi.md §8): the guest's one-shot clock event, and the
 periodic kick while an interrupt is held back.
 
 SET_CLOCKEVENT(delta) arms a one-shot timer at now + delta ns on the host's

@@ -1,4 +1,4 @@
-"""Traps and the IDT (lguest-abi.md §6): the guest's IDT, direct traps, and
+"""Traps and the IDT (docs/abi.md §6): the guest's IDT, direct traps, and
 delivering a trap or interrupt into the guest.
 
 The guest hands its IDT over one gate at a time (LOAD_IDT_ENTRY). We keep
@@ -87,7 +87,7 @@ class Traps:
 
     def deliver(self, vector: int, has_errcode: bool) -> None:
         """Push a trap frame onto the guest stack and point the guest at its
-        handler, exactly as the CPU would have (lguest-abi.md §6.4)."""
+        handler, exactly as the CPU would have (docs/abi.md §6.4)."""
         host, r = self.host, self.machine.regs
         low, high = self.guest_idt[vector]
         if not D.gate_present(high):

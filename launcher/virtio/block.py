@@ -1,4 +1,4 @@
-"""virtio-blk (type 2), backed by a file (lguest-abi.md §9.6).
+"""virtio-blk (type 2), backed by a file (docs/abi.md §9.6).
 
 A request is a 16-byte header {u32 type, u32 ioprio, u64 sector}, its data,
 and a status byte in the last writable byte. Reads and writes go straight

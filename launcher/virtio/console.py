@@ -1,5 +1,5 @@
 """virtio-console (type 3): queue 0 carries input to the guest, queue 1 its
-output (lguest-abi.md §9.6).
+output (docs/abi.md §9.6).
 
 Output is written out whole. If it cannot be written at all (stdout is a
 pipe whose reader went away, a terminal that hung up, a full disk) the run

@@ -5,7 +5,7 @@ space and how to service each queue; it knows nothing of the transport. A
 ``DeviceRunner`` gives a started device one thread that sleeps in ``poll``
 on one eventfd per queue (the notify map writes them when the guest kicks),
 a stop eventfd, and any file descriptor the device itself waits on (stdin,
-a tap). It follows the ring etiquette of lguest-abi.md §9.5: no notifies
+a tap). It follows the ring etiquette of docs/abi.md §9.5: no notifies
 while busy, re-check before sleeping, interrupt only for new used entries
 unless the guest suppressed them.
 

@@ -1,4 +1,4 @@
-"""The lguest bus: the G1/G2 virtio transport (lguest-abi.md §9).
+"""The lguest bus: the G1/G2 virtio transport (docs/abi.md §9).
 
 The guest finds its devices in one page at guest-physical ``mem`` (the
 first page after the RAM its e820 reports): a packed list of descriptors,

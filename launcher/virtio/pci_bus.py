@@ -1,4 +1,4 @@
-"""The G3 transport: virtio 1.0 devices on an emulated PCI bus (lguest-abi.md §10).
+"""The G3 transport: virtio 1.0 devices on an emulated PCI bus (docs/abi.md §10).
 
 Two kinds of guest access reach it:
 

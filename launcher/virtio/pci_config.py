@@ -1,4 +1,4 @@
-"""PCI configuration space of the G3 bus (lguest-abi.md §10.2-10.3).
+"""PCI configuration space of the G3 bus (docs/abi.md §10.2-10.3).
 
 A G3 guest finds its devices the way a PC's BIOS-less Linux does: type-1
 configuration cycles through ports 0xCF8 (address) and 0xCFC-0xCFF (data),

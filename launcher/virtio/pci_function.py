@@ -1,4 +1,4 @@
-"""One virtio 1.0 PCI function: the registers in its BAR0 (lguest-abi.md §10.4).
+"""One virtio 1.0 PCI function: the registers in its BAR0 (docs/abi.md §10.4).
 
 The driver brings a device up through the common config: it resets it
 (status 0), sets ACKNOWLEDGE and DRIVER, reads the offered features 32 bits

@@ -1,4 +1,4 @@
-"""The split virtqueue in guest memory (lguest-abi.md §9.2).
+"""The split virtqueue in guest memory (docs/abi.md §9.2).
 
 Layout at the ring's guest-physical base, for ``num`` entries:
 descriptors (16 bytes each), then the avail ring {flags, idx, ring[num]},

@@ -1,7 +1,7 @@
 /*
  * testguest.S - the tiny freestanding i386 guest the foundation tests boot.
  *
- * It starts at ring 1 in linear mode (lguest-abi.md §1.4-1.5), with no
+ * It starts at ring 1 in linear mode (docs/abi.md §1.4-1.5), with no
  * lguest_data yet. Each test starts it at one of the global labels below; ebp
  * carries the test's parameter (an iteration count). It talks to the test's
  * Host through hypercalls numbered from 100, which only the tests register.
@@ -219,7 +219,7 @@ fail:
 1:      jmp 1b
 
         .data
-/* lguest_data, G2 layout (lguest-abi.md §4), as a guest initializes it. */
+/* lguest_data, G2 layout (docs/abi.md §4), as a guest initializes it. */
         .balign 4
 lguest_data:
         .long 0                     /* irq_enabled */

@@ -3,7 +3,7 @@
  *
  * The Launcher put the kernel at physical 1 MiB and the Host starts us here,
  * at ring 1, in "linear mode": every address below the end of RAM maps to
- * the same physical address, supervisor only (lguest-abi.md §1.4-1.5). esi
+ * the same physical address, supervisor only (docs/abi.md §1.4-1.5). esi
  * holds the physical address of boot_params (the "zero page").
  *
  * We are linked at 0xC0100000 but running at 0x00100000, so until paging
@@ -28,7 +28,7 @@
 #define TABLE_KERNEL  0x063              /* P RW A D */
 #define PTE_BOOT      0x063
 
-/* boot_params fields (lguest-abi.md §1.2) */
+/* boot_params fields (docs/abi.md §1.2) */
 #define BP_E820_ENTRIES 0x1E8
 #define BP_E820_SIZE    0x2D8            /* e820_map[0].size, a u64 */
 

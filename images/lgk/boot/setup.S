@@ -1,7 +1,7 @@
 /*
  * setup.S - the first two sectors of lgk.bzImage: a boot sector and the
  * setup header of the Linux/x86 boot protocol (Documentation/x86/boot.txt in
- * Linux; the fields are also listed in lguest-abi.md §1.2-1.3).
+ * Linux; the fields are also listed in docs/abi.md §1.2-1.3).
  *
  * An lguest Launcher reads this header, copies everything after the setup
  * sectors to physical 1 MiB and starts it at code32_start, at ring 1 with
