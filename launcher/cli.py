@@ -19,9 +19,11 @@ import re
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
+from . import __version__
 from .errors import UserError
 from .kvm import KvmError
 from .run import Session
@@ -47,16 +49,38 @@ def parse_size(text: str) -> int:
     return number << {"": 20, "K": 10, "M": 20, "G": 30}[unit]
 
 
+EXIT_STATUSES = """exit status:
+  0    the guest powered off
+  1    it crashed, panicked or was killed (one line on stderr, "launcher: ...")
+  2    a usage or input error (one sentence; no guest ran)
+  3    it asked to reboot and --no-reboot was given
+  124  the --timeout expired (counted from when the command started)
+  130  three ^C within a second, or a signal, stopped it"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one sentence (no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (launcher --help lists the options)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="launcher",
-        description="Run an lguest paravirtual i386 guest on KVM.",
-        epilog="With no KERNEL the bundled guest boots. lguest's own form "
-               "`launcher 64 vmlinux args...` (memory in MiB first) works too. "
-               "KERNEL is an i386 bzImage or vmlinux-style ELF image.")
+        usage="launcher [options] [KERNEL] [-- GUEST ARGS...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run an lguest paravirtual i386 guest on KVM. With no KERNEL the "
+                    "bundled guest boots\n(it self-tests the Host and powers off); "
+                    "GUEST ARGS go on the guest's command line.",
+        epilog="KERNEL is an i386 bzImage or vmlinux-style ELF with lguest guest support "
+               "(Linux 3.10-4.13);\nlguest's own form `launcher 64 vmlinux args...` "
+               "(memory in MiB first) works too.\n\n" + EXIT_STATUSES)
     p.add_argument("kernel", nargs="?", metavar="KERNEL", help="guest kernel image")
     p.add_argument("guest_args", nargs="*", metavar="GUEST ARGS",
-                   help="the guest's command line")
+                   help="the guest's command line (after KERNEL, or after --)")
+    p.add_argument("--version", action="version",
+                   version=f"launcher (lguest-on-KVM) {__version__}")
     p.add_argument("--mem", "-m", default="64M", metavar="SIZE",
                    help="guest RAM: 64M, 1G, 512K or MiB (default 64M)")
     p.add_argument("--initrd", metavar="FILE", help="initial ramdisk for the guest")
@@ -64,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guest kernel command line (GUEST ARGS are appended to it)")
     p.add_argument("--block", action=AddDevice, metavar="FILE[,ro]",
                    help="a virtio disk backed by FILE (repeatable; ,ro for read-only)")
+    p.add_argument("--net", action=AddDevice, metavar="user[,hostfwd=...][,mac=MAC]",
+                   help="a virtio network card on user-mode networking through passt, no "
+                        "root needed: the guest is 10.0.2.15 by DHCP, the host 10.0.2.2; "
+                        "hostfwd=tcp::2222-:22 forwards a host port in (repeatable)")
     p.add_argument("--tunnet", action=AddDevice, metavar="IP[:MAC]|bridge:BR[:MAC]",
                    help="a virtio network card on a new tap device whose host side gets IP "
                         "(a /24), or joins bridge BR (repeatable; needs root)")
@@ -76,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="FILE",
                    help="write every exit to FILE as Chrome trace-event JSON (opens in Perfetto)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="stop the guest after SECONDS and exit with status 124")
+                   help="stop the guest SECONDS after the command started (a testbed's "
+                        "boot counts) and exit with status 124")
     pae = p.add_mutually_exclusive_group()
     pae.add_argument("--pae", dest="pae", action="store_true", default=None,
                      help="the guest uses PAE page tables (default: told from its first table)")
@@ -95,19 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after setting up, run as USER (name or uid); needs root")
     p.add_argument("--chroot", metavar="DIR",
                    help="after setting up, chroot into DIR; needs root")
-    p.add_argument("--verbose", "-v", action="store_true", help="say what the launcher does")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="say what the launcher does: the kernel's generation, the memory "
+                        "layout, the devices, where the guest runs, timings")
     return p
 
 
 class AddDevice(argparse.Action):
-    """--block, --tunnet and --rng share one list, so devices keep the order
-    of the command line, as lguest's did."""
+    """--block, --net, --tunnet and --rng share one list, so devices keep the
+    order of the command line, as lguest's did."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        kind = {"tunnet": "net"}.get(self.dest, self.dest)
+        kind = {"net": "usernet"}.get(self.dest, self.dest)
         devices = list(getattr(namespace, "devices", None) or [])
         devices.append((kind, values if kind != "rng" else None))
         namespace.devices = devices
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options and KERNEL before a lone `--`, guest arguments after it, so
+    `launcher -- ARGS` gives ARGS to the bundled guest."""
+    after: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, after = argv[:at], argv[at + 1:]
+    args = parser.parse_args(argv)
+    normalise_legacy(args)
+    args.guest_args = [*args.guest_args, *after]
+    return args
 
 
 def normalise_legacy(args: argparse.Namespace) -> None:
@@ -154,12 +198,30 @@ def fill_closed_standard_fds() -> bool:
     return 1 in closed
 
 
-def kvm_ready(args: argparse.Namespace, module: str = "launcher") -> int | None:
+class Verbose:
+    """--verbose: "launcher: [0.12 s] what it does", timed from the start."""
+
+    def __init__(self, enabled: bool, started: float) -> None:
+        self.enabled, self.started = enabled, started
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            self.always(message)
+
+    def always(self, message: str) -> None:
+        """Narration everyone sees (that the guest runs in the testbed):
+        timed like --verbose's, so it is never taken for the verdict."""
+        say(f"[{time.time() - self.started:.2f} s] {message}")
+
+
+def kvm_ready(args: argparse.Namespace, config: "GuestConfig", note: Verbose,
+              module: str = "launcher") -> int | None:
     """None when this host's KVM can run our guests; otherwise the exit
     status of re-running inside the testbed (or of refusing to)."""
     from .kvm import probe
     result = probe()
     if result.usable:
+        note(f"{result.reason}: the guest runs here")
         return None
     if os.environ.get("LGUEST_IN_TESTBED") or args.no_testbed:
         say(result.reason)
@@ -169,32 +231,59 @@ def kvm_ready(args: argparse.Namespace, module: str = "launcher") -> int | None:
     if missing:
         say(f"{result.reason}, and the testbed cannot start: {missing}")
         return EXIT_USAGE
-    say(f"{result.reason}; running inside the testbed VM instead (slow but real KVM)")
-    return testbed.run([sys.executable, "-m", module, *sys.argv[1:]], cwd=os.getcwd())
+    kinds = [kind for kind, _ in config.devices_spec]
+    if "tunnet" in kinds:
+        raise UserError("--tunnet cannot work here: the guest would run inside the testbed "
+                        "VM, and a tap made there is out of this host's reach; use --net user")
+    if kinds.count("usernet") > 1:
+        raise UserError("inside the testbed only one --net user card reaches this host")
+    note.always(f"{result.reason}; running inside the testbed VM instead (slow but real KVM)")
+    env = {"LGUEST_STARTED": repr(config.started)}
+    passt = None
+    try:
+        if "usernet" in kinds:
+            # passt runs here, where the network is; the testbed VM gets a
+            # network card on its socket and bridges the guest's tap to it.
+            from .hostnet.passt import TESTBED_BRIDGE_ENV, Passt, parse_user_net
+            spec = next(arg for kind, arg in config.devices_spec if kind == "usernet")
+            passt = Passt(parse_user_net(str(spec)))
+            env[TESTBED_BRIDGE_ENV] = testbed.NET_BRIDGE
+            note("passt started here; the testbed VM's network card is joined to it")
+        note("booting the testbed VM")
+        status = testbed.run([sys.executable, "-m", module, *sys.argv[1:]], cwd=os.getcwd(),
+                             extra_env=env, net_fd=passt.sock.fileno() if passt else None)
+    finally:
+        if passt is not None:
+            passt.stop()
+    note(f"the testbed VM finished (status {status})")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --timeout counts from when the user ran the command; inside the testbed
+    # that was the outer launcher's start, which it hands down.
+    handed = os.environ.get("LGUEST_STARTED") if os.environ.get("LGUEST_IN_TESTBED") else None
+    started = float(handed) if handed else time.time()
     stdout_closed = fill_closed_standard_fds()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    normalise_legacy(args)
-    if stdout_closed or sys.stdout is None:
-        say("standard output is closed, so the guest's console would have nowhere to go "
-            "(redirect it to /dev/null to throw the output away)")
-        return EXIT_USAGE
     session = None
     try:
-        config = make_config(args)
+        args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
+        if stdout_closed or sys.stdout is None:
+            say("standard output is closed, so the guest's console would have nowhere to go "
+                "(redirect it to /dev/null to throw the output away)")
+            return EXIT_USAGE
+        note = Verbose(args.verbose, started)
+        config = make_config(args, started, note)
         pw = lookup_user(args.user)
         if args.chroot and not os.path.isdir(args.chroot):
             raise UserError(f"--chroot {args.chroot}: no such directory")
         session = Session(config)       # reads the images, opens the disks
         session.check()
-        status = kvm_ready(args)
+        status = kvm_ready(args, config, note)
         if status is not None:
             session.close()
             return status
-        session.open_kvm()              # /dev/kvm and the Switcher image, while we can
+        session.open_kvm()              # /dev/kvm, the Switcher, the devices' host sides
         drop_privileges(pw, args.chroot)
         with guest_owns_terminal(config.stdin), sigterm_interrupts():
             while True:
@@ -203,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(session.recorder.table(), file=sys.stderr)
                 if outcome.kind != "restart" or not config.reboot:
                     break
-                if args.verbose:
-                    say(f"guest rebooting: {outcome.message}")
+                note(f"guest rebooting: {outcome.message}")
     except UserError as exc:
         say(str(exc))
         return EXIT_USAGE
@@ -220,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     return report(outcome, args.verbose)
 
 
-def make_config(args: argparse.Namespace) -> "GuestConfig":
+def make_config(args: argparse.Namespace, started: float | None = None,
+                note: Verbose | None = None) -> "GuestConfig":
     from .run import BUNDLED_GUEST, GuestConfig
     mem = parse_size(args.mem)
     if not MIN_MEM <= mem <= MAX_MEM:
@@ -239,6 +328,7 @@ def make_config(args: argparse.Namespace) -> "GuestConfig":
     cmdline = " ".join(filter(None, [args.append, *args.guest_args]))
     return GuestConfig(kernel=kernel, mem=mem, cmdline=cmdline, initrd=args.initrd,
                        reboot=not args.no_reboot, pae=args.pae, timeout=args.timeout,
+                       started=started, log=note if args.verbose else None,
                        stats=args.stats, trace=args.trace, ioeventfd=args.ioeventfd,
                        fast_traps=args.fast_traps,
                        devices_spec=[(k, parse_block(v) if k == "block" else v)

@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .host import Host, Outcome
 from .host.trace import ExitRecorder
@@ -36,6 +36,8 @@ from .virtio.device import Device
 from .virtio.lguest_bus import LguestBus, pages_needed
 from .virtio.pci_bus import PciBus
 from .virtio.net import Net
+from .hostnet.passt import default_mac, parse_user_net, user_net_backend
+from .hostnet.tap import TapBackend, parse_tunnet
 from .virtio.rng import Rng
 from .switcher import DATA_DIR, load_image
 
@@ -51,14 +53,17 @@ class GuestConfig:
     reboot: bool = True              # a guest reboot restarts it in place
     pae: bool | None = None          # None: decided from the guest's first table
     timeout: float | None = None     # seconds; the run ends as "timeout"
+    started: float | None = None     # time.time() the timeout counts from (default: now)
     stats: bool = False              # count and time exits by kind
     trace: str | None = None         # Chrome trace-event JSON of every exit
-    # Devices in command-line order: ("block", (path, read-only)), ("net", spec), ("rng", None)
+    # Devices in command-line order: ("block", (path, read-only)), ("tunnet", spec),
+    # ("usernet", spec), ("rng", None)
     devices_spec: list[tuple[str, object]] = field(default_factory=list)
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stdin: int | None = None         # the console's input descriptor, if any
     ioeventfd: bool = True           # G3: queue kicks as KVM ioeventfds (no exit)
     fast_traps: bool = True          # page faults reflected by the Switcher
+    log: Callable[[str], None] | None = None   # --verbose: says what the launcher does
 
     def devices(self, on_interrupt) -> list[Device]:
         """The devices in command-line order, console last (the lguest bus's
@@ -67,13 +72,18 @@ class GuestConfig:
         seen: Counter[str] = Counter()     # block0, block1, net0 ... per kind
         try:
             for kind, arg in self.devices_spec:
-                n = seen[kind]
-                seen[kind] += 1
+                family = "net" if kind in ("tunnet", "usernet") else kind
+                n = seen[family]
+                seen[family] += 1
                 if kind == "block":
                     path, ro = arg
                     devs.append(Block(path, ro, n))
-                elif kind == "net":
-                    devs.append(Net(arg, n))
+                elif kind == "tunnet":
+                    ip, bridge, mac = parse_tunnet(arg)
+                    devs.append(Net(TapBackend(ip, bridge), n, mac))
+                elif kind == "usernet":
+                    net = parse_user_net(arg)
+                    devs.append(Net(user_net_backend(net), n, net.mac or default_mac(n)))
                 else:
                     devs.append(Rng())
         except Exception:
@@ -99,6 +109,7 @@ class Session:
         self.host: Host | None = None
         self.devices = config.devices(self.console_interrupt)
         self.kvm: Kvm | None = None
+        self.attached = False            # the devices' host sides (open_kvm)
         self.recorder: ExitRecorder | None = None
         if config.trace:
             # Say now if the file cannot be written, but create it only
@@ -108,7 +119,17 @@ class Session:
             if os.path.isdir(config.trace) or not os.access(where, os.W_OK):
                 self.close()
                 raise UserError(f"--trace {config.trace}: cannot write there")
-        self.deadline = time.monotonic() + config.timeout if config.timeout else None
+        # --timeout counts from when the command started (config.started),
+        # which may be a testbed boot ago: turn it into our monotonic clock.
+        self.deadline = None
+        if config.timeout:
+            started = config.started if config.started is not None else time.time()
+            self.deadline = time.monotonic() + started + config.timeout - time.time()
+
+    def note(self, message: str) -> None:
+        """A --verbose line."""
+        if self.config.log is not None:
+            self.config.log(message)
 
     def console_interrupt(self) -> None:
         if self.host is not None:
@@ -142,6 +163,13 @@ class Session:
         load_image()
         if self.kvm is None:
             self.kvm = Kvm()
+        if not self.attached:
+            # Host sides of the devices (a tap, passt) exist only where the
+            # guest runs: never in a launcher that hands the run to the testbed.
+            self.attached = True
+            for dev in self.devices:
+                dev.attach()
+                self.note(f"device {dev.describe()}")
         c = self.config
         if self.recorder is None and (c.stats or c.trace):
             try:
@@ -164,9 +192,11 @@ class Session:
             bus = LguestBus(self.devices, early_console=c.console)
             machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm)
         timer = None
+        started = time.monotonic()
         try:
             boot = self._load(machine.memory)
             machine.set_start(boot.entry)
+            self.note_layout(machine, bus, boot)
             host = self.host = Host(machine, layout=boot.layout, pae=c.pae,
                                      fast_traps=c.fast_traps)
             if isinstance(bus, PciBus):
@@ -179,13 +209,37 @@ class Session:
                                         ("timeout", f"--timeout of {c.timeout:g}s expired"))
                 timer.daemon = True
                 timer.start()
-            return host.run()
+            outcome = host.run()
+            self.note(f"guest ran {time.monotonic() - started:.2f} s: {outcome.kind}"
+                      f"{' (' + outcome.message + ')' if outcome.message else ''}")
+            return outcome
         finally:
             if timer is not None:
                 timer.cancel()
                 timer.join()          # a host.stop() under way ends before the VM does
             bus.shutdown()
             machine.close(keep_kvm=True)
+
+    def note_layout(self, machine: Machine, bus: "LguestBus | PciBus", boot) -> None:
+        if self.config.log is None:
+            return
+        c = self.config
+        how = ("virtio 1.0 devices on an emulated PCI bus" if self.layout is G3
+               else "devices on the lguest bus")
+        self.note(f"kernel {c.kernel}: Linux {boot.version or '(no version string)'}, "
+                  f"lguest generation {boot.layout.name} ({how}); entry {boot.entry:#x}, "
+                  f"the kernel ends at {boot.kernel_end:#x}")
+        top = machine.image.SW_BASE
+        if isinstance(bus, PciBus):
+            devices = f"PCI device registers up to {bus.limit:#x}"
+        else:
+            devices = (f"the lguest bus's page and rings {c.mem:#x}-"
+                       f"{machine.layout.slot0_size:#x}")
+        self.note(f"memory: RAM 0-{c.mem:#x} ({c.mem >> 20} MiB); {devices}; "
+                  f"the Switcher's pages from {top:#x}")
+        if c.initrd:
+            self.note(f"initrd {c.initrd}: {len(self.initrd or b'')} bytes, at the top of RAM")
+        self.note(f"command line: {c.cmdline!r}")
 
     def run(self) -> Outcome:
         while True:

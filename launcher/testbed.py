@@ -8,7 +8,7 @@ booting a stock Debian x86-64 kernel that loads ``kvm_amd``. Inside, /dev/kvm
 is a hardware-style KVM.
 
 No disk image is built: the host's whole filesystem is shared read-only over
-virtio-9p and the command runs chrooted into it, so the host's Python,
+virtio-9p and the command runs with it as its root, so the host's Python,
 site-packages and this checkout are used as they are. A few host directories
 (/tmp, the working directory, the parents of absolute paths in argv) are
 shared again *writable* at the same absolute path, so files written by either
@@ -78,7 +78,14 @@ WANTED_MODULES = (
     "veth",             # veth pairs into test network namespaces
     "bridge",           # --tunnet bridge:BR
     "loop",             # loop devices: a real block device behind --block
+    "virtio_net",       # the network card of run(net_fd=...), for --net user
 )
+
+# With run(net_fd=...), the VM's network card is joined to this bridge
+# before the command starts, so a tap on it reaches whatever is at the other
+# end of net_fd on the host (the launcher's passt, for --net user).
+NET_BRIDGE = "lgbr0"
+NET_MAC = "52:54:00:6c:67:01"    # not QEMU's default, which a guest may use
 
 # Environment passed from the caller into the VM, besides every LGUEST_*.
 PASSED_ENV = ("PATH", "HOME", "TERM", "LANG", "VIRTUAL_ENV", "PYTHONPATH", "CI")
@@ -162,7 +169,12 @@ share() {
 . "/host$job/mounts.sh"
 
 echo ready >&6
-env -i chroot /host /bin/sh "$job/run.sh" <&5 >&3 2>&4 3>&- 4>&- 5>&- 6>&-
+# The command's root is the host's: in a mount namespace of its own, /host
+# is moved over / and entered, the way switch_root does it. A plain chroot
+# would do for most commands, but a chrooted process may not create user
+# namespaces, and passt (--net user) sandboxes itself in one.
+env -i unshare -m sh -c 'cd /host && mount --move . / && exec chroot . /bin/sh "$0"' \
+  "$job/run.sh" <&5 >&3 2>&4 3>&- 4>&- 5>&- 6>&-
 echo "exit $?" >&6
 exec 3>&- 4>&- 5<&- 6>&-
 bye
@@ -711,14 +723,22 @@ def guest_env(environ: dict[str, str], extra: Optional[dict[str, str]] = None) -
     return env
 
 
-def run_script(argv: Sequence[str], cwd: str, env: dict[str, str]) -> str:
-    """The /bin/sh script the VM runs in the chroot: cd, export, exec.
+def run_script(argv: Sequence[str], cwd: str, env: dict[str, str], net: bool = False) -> str:
+    """The /bin/sh script the VM runs in the chroot: cd, export, exec; with
+    ``net``, the network card joined to NET_BRIDGE first (the host's
+    iproute2 does it: busybox's ip cannot make bridges).
 
     Every word is shlex-quoted (POSIX single quotes), which is exact for any
     string without NUL -- and argv cannot hold NUL.
     """
     q = shlex.quote
-    lines = [f"cd -- {q(cwd)} || exit 126"]
+    lines = []
+    if net:
+        lines.append(f"{{ ip link add name {NET_BRIDGE} type bridge && "
+                     f"ip link set eth0 master {NET_BRIDGE} && ip link set eth0 up && "
+                     f"ip link set {NET_BRIDGE} up; }} >/dev/null 2>&1 || "
+                     "echo 'testbed: cannot bridge the network card (is iproute2 installed?)' >&2")
+    lines.append(f"cd -- {q(cwd)} || exit 126")
     lines += [f"export {q(k + '=' + v)}" for k, v in sorted(env.items())]
     lines.append("exec " + " ".join(q(a) for a in argv))
     return "\n".join(lines) + "\n"
@@ -737,7 +757,8 @@ def _qemu_opt(value: str) -> str:
 
 
 def qemu_argv(p: CachePaths, kernel: str, *, mem_mb: int, job: str, shares: Sequence[str],
-              port_chardevs: dict[str, str], console: str) -> list[str]:
+              port_chardevs: dict[str, str], console: str,
+              net_fd: Optional[int] = None) -> list[str]:
     argv = [
         QEMU, "-accel", "tcg", "-cpu", os.environ.get("LGUEST_TESTBED_CPU", "max"), "-m", str(mem_mb), "-smp", "1",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
@@ -754,6 +775,11 @@ def qemu_argv(p: CachePaths, kernel: str, *, mem_mb: int, job: str, shares: Sequ
     for i, path in enumerate(shares):
         argv += ["-virtfs", f"local,path={_qemu_opt(path)},mount_tag=s{i},"
                             "security_model=none,multidevs=remap"]
+    if net_fd is not None:
+        # A connected stream socket: QEMU speaks the same length-prefixed
+        # frames on it that passt does.
+        argv += ["-netdev", f"socket,id=net0,fd={net_fd}",
+                 "-device", f"virtio-net-pci,netdev=net0,mac={NET_MAC}"]
     return argv
 
 
@@ -835,12 +861,14 @@ def _tail(path: str, lines: int = 40) -> str:
 def run(argv: Sequence[str], *, cwd: Optional[str] = None, timeout: Optional[float] = None,
         mem_mb: int = 2048, extra_env: Optional[dict[str, str]] = None,
         stdout: Optional[BinaryIO] = None, stderr: Optional[BinaryIO] = None,
-        stdin: object = None) -> int:
+        stdin: object = None, net_fd: Optional[int] = None) -> int:
     """Boot the testbed once, run argv inside, return its exit status.
 
     The command's stdout and stderr stream live to ours (or to the binary
     files given as stdout=/stderr=); our stdin (or stdin=, a descriptor, or
-    subprocess.DEVNULL) is relayed to its stdin. 124: timed out; 125: the VM
+    subprocess.DEVNULL) is relayed to its stdin. With ``net_fd`` (a connected
+    stream socket), the VM gets a network card whose frames cross it, joined
+    to bridge NET_BRIDGE before the command starts. 124: timed out; 125: the VM
     died without reporting a status (the console log's tail is printed).
     Raises TestbedError if the testbed is not usable.
     """
@@ -866,12 +894,13 @@ def run(argv: Sequence[str], *, cwd: Optional[str] = None, timeout: Optional[flo
     console = os.path.join(p.root, f"console.{os.getpid()}.log")
     try:
         with open(os.path.join(job, "run.sh"), "w") as f:
-            f.write(run_script(argv, cwd, guest_env(dict(os.environ), extra_env)))
+            f.write(run_script(argv, cwd, guest_env(dict(os.environ), extra_env),
+                               net=net_fd is not None))
         with open(os.path.join(job, "mounts.sh"), "w") as f:
             f.write(mounts_script(shares))
         kernel = _boot_kernel(p, _kernel_cached(p) or {})
         status, died = _boot(p, kernel, job, shares, console, mem_mb, timeout,
-                             out_sink, err_sink, _stdin_fd(stdin))
+                             out_sink, err_sink, _stdin_fd(stdin), net_fd)
     finally:
         shutil.rmtree(job, ignore_errors=True)
         if os.path.exists(console):
@@ -903,7 +932,7 @@ def _remove_stale_jobs() -> None:
 
 def _boot(p: CachePaths, kernel: str, job: str, shares: Sequence[str], console: str,
           mem_mb: int, timeout: Optional[float], out_sink: BinaryIO, err_sink: BinaryIO,
-          stdin_fd: Optional[int]) -> tuple[Optional[int], str]:
+          stdin_fd: Optional[int], net_fd: Optional[int] = None) -> tuple[Optional[int], str]:
     """Run QEMU to the end: (status, "") or (None, why there is no status)."""
     # Output ports: a pipe each, which QEMU opens as a file chardev by path;
     # /dev/fd/N names the write end in QEMU's own descriptor table (pass_fds).
@@ -916,12 +945,13 @@ def _boot(p: CachePaths, kernel: str, job: str, shares: Sequence[str], console: 
     chardevs["in"] = f"socket,id=in,fd={in_qemu.fileno()}"
     qemu_log = os.path.join(job, "qemu.log")
     argv = qemu_argv(p, kernel, mem_mb=mem_mb, job=job, shares=shares,
-                     port_chardevs=chardevs, console=console)
+                     port_chardevs=chardevs, console=console, net_fd=net_fd)
     started = time.monotonic()
     try:
         with open(qemu_log, "wb") as qlog:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
-                                    pass_fds=[w for _, w in pipes.values()] + [in_qemu.fileno()],
+                                    pass_fds=[w for _, w in pipes.values()] + [in_qemu.fileno()]
+                                    + ([net_fd] if net_fd is not None else []),
                                     preexec_fn=_die_with_parent)
     except BaseException:
         for r, _ in pipes.values():

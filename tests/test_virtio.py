@@ -199,10 +199,11 @@ def net_pair():
 
 
 def test_net_transmits_whole_chains_and_receives_one_frame_per_buffer(memory):
+    from launcher.hostnet.tap import TapBackend
     from launcher.virtio.net import Net
     host_end, tap_end = net_pair()
     tap_end.setblocking(False)
-    net = Net(tap_fd=tap_end.fileno())
+    net = Net(TapBackend(fd=tap_end.fileno()))
     rx, tx = FakeDriver(memory, RING), FakeDriver(memory, RING + 0x4000, data=0xC0000)
     net.start([rx.vring, tx.vring])
     hdr = bytes(10)
@@ -228,14 +229,14 @@ def test_net_transmits_whole_chains_and_receives_one_frame_per_buffer(memory):
     ("bridge:br0:52:54:00:12:34:56", (None, "br0", bytes.fromhex("525400123456"))),
 ])
 def test_tunnet_specs(spec, expect):
-    from launcher.virtio.net import parse_tunnet
+    from launcher.hostnet.tap import parse_tunnet
     assert parse_tunnet(spec) == expect
 
 
 @pytest.mark.parametrize("spec", ["10.0.0", "10.0.0.300", "10.0.0.1:zz:54:00:12:34:56",
                                   "bridge:", "10.0.0.1:52:54"])
 def test_bad_tunnet_specs(spec):
-    from launcher.virtio.net import parse_tunnet
+    from launcher.hostnet.tap import parse_tunnet
     with pytest.raises(UserError):
         parse_tunnet(spec)
 
@@ -244,13 +245,15 @@ def test_net_header_follows_the_driver(tmp_path):
     """A G3 driver that accepts VERSION_1 puts a 12-byte header in front of
     each frame: the tap must be told, or every frame is off by two bytes."""
     import fcntl
-    from launcher.virtio.net import Net, open_tap
+    from launcher.hostnet.tap import TapBackend, open_tap
+    from launcher.virtio.net import Net
     try:
         fd, _name = open_tap()
     except UserError as exc:
         pytest.skip(str(exc))
-    net = Net(tap_fd=fd)
-    net.ifname = "tap"                      # a real tap: failures must surface
+    backend = TapBackend(fd=fd)
+    backend.name = "tap"                    # a real tap: failures must surface
+    net = Net(backend)
     TUNGETVNETHDRSZ = 0x800454D7
     try:
         for accepted, size in ((0, 10), (1 << 32, 12)):

@@ -55,6 +55,10 @@ class Block(Device):
             raise
         self.serial = os.path.basename(path).encode()[:VIRTIO_BLK_ID_BYTES]
 
+    def describe(self) -> str:
+        return (f"{self.name}: virtio-blk on {self.path}, {self.size} bytes"
+                f"{', read-only' if self.readonly else ''}")
+
     def features(self) -> int:
         f = (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH)
         return f | (1 << VIRTIO_BLK_F_RO) if self.readonly else f

@@ -47,6 +47,10 @@ class Console(Device):
         self.output = bytearray() if out is None else None
         self.out_closed = False
 
+    def describe(self) -> str:
+        source = "no input" if self.in_fd is None else "input from stdin"
+        return f"console: virtio console, output to stdout, {source}"
+
     def start(self, queues) -> None:
         super().start(queues)
         self.input_waiting = False       # a reboot starts with fresh rings

@@ -57,6 +57,14 @@ class Device:
     def extra_fds(self) -> list[int]:
         return []
 
+    def attach(self) -> None:
+        """Acquire what the device needs on the host only where the guest
+        runs (a tap, passt); files to check early are opened in __init__."""
+
+    def describe(self) -> str:
+        """One line for --verbose."""
+        return self.name
+
     def start(self, queues: list[Vring]) -> None:
         self.queues = queues
 

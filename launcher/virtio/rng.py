@@ -15,6 +15,9 @@ class Rng(Device):
     name = "rng"
     num_queues = 1
 
+    def describe(self) -> str:
+        return "rng: virtio entropy from the host's /dev/urandom"
+
     def service(self, index: int, vq: Vring) -> None:
         while (chain := vq.pop()) is not None:
             total = 0

@@ -12,6 +12,7 @@ from launcher.errors import GuestFault
 from launcher.memory import GuestMemory
 from launcher.virtio.console import Console, OutputClosed
 from launcher.virtio.device import DeviceRunner
+from launcher.hostnet.tap import TapBackend
 from launcher.virtio.net import Net
 from virtio_driver import FakeDriver
 
@@ -92,7 +93,7 @@ def test_full_nonblocking_output_drops_and_carries_on(memory):
 def test_a_vanished_tap_drops_frames_says_so_once_and_stops_receiving(memory, capsys):
     host_end, tap_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     tap_end.setblocking(False)
-    net = Net(tap_fd=tap_end.fileno())
+    net = Net(TapBackend(fd=tap_end.fileno()))
     rx, tx = FakeDriver(memory, RING), FakeDriver(memory, RING + 0x4000, data=0xC0000)
     net.start([rx.vring, tx.vring])
     host_end.close()                                     # the host side is gone
