@@ -4,7 +4,8 @@ import os
 import pytest
 
 from kvm_support import require_kvm
-from launcher.api import Guest, GuestTimeout
+import launcher.api
+from launcher.api import Guest, GuestEnded
 
 pytestmark = pytest.mark.kvm
 
@@ -34,9 +35,11 @@ def test_expect_gives_up_when_the_guest_has_ended():
     with Guest(extra=["--no-reboot"], kernel=os.path.join(
             os.path.dirname(__file__), "..", "launcher", "data", "lgk.bzImage"),
             args=["restart"]) as g:
-        with pytest.raises(GuestTimeout):
+        with pytest.raises(GuestEnded) as ended:
             g.expect("this never appears", timeout=240)
         assert g.wait().status == 3
+    assert ended.value.status == 3
+    assert ended.value.reason.startswith("launcher: guest asked to reboot")
 
 
 def test_sigterm_stops_the_guest_cleanly_with_130():
@@ -50,3 +53,27 @@ def test_sigterm_stops_the_guest_cleanly_with_130():
         result = g.wait(timeout=60)
     assert result.status == 130, result.stderr
     assert result.reason == "launcher: interrupted"
+
+
+def docstring_example(text: str) -> str:
+    """The first indented block of a docstring, dedented: its example."""
+    import textwrap
+    block = text.split("\n\n")[1]
+    return textwrap.dedent(block)
+
+
+def test_the_modules_example_runs_as_written():
+    # Copied as a reader would copy it: the bundled-guest example, verbatim.
+    require_kvm()
+    code = docstring_example(launcher.api.__doc__)
+    assert code.startswith("from launcher.api import Guest")
+    exec(compile(code, "api.py docstring", "exec"), {})
+
+
+def test_the_readmes_example_runs_as_written():
+    require_kvm()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    start = readme.index("```python\n", readme.index("## From Python")) + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    assert "Guest(args=" in code
+    exec(compile(code, "README example", "exec"), {})
