@@ -2,15 +2,20 @@
 
     scripts/plot-trace trace.json [-o trace.png]
 
+The picture goes next to the trace, its name with the suffix replaced
+(``runs/v1.0/boot.json`` -> ``runs/v1.0/boot.png``; ``./trace`` ->
+``./trace.png``).
+
 Two panels in one PNG: exits per 100 ms over the run, one line per kind of
 exit (the eight most frequent; the rest summed as "other"), and a histogram
 of how long the Host took to handle each exit, on a log scale. Needs
-matplotlib (``pip install '.[plot]'``).
+matplotlib (scripts/install-deps puts it in the clone's .venv).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 
@@ -29,6 +34,8 @@ def load(path: str) -> list[dict]:
     if not isinstance(events, list) or not all(
             isinstance(e, dict) and {"name", "ts", "dur"} <= e.keys() for e in events):
         raise SystemExit(f"plot-trace: {path} is not a launcher --trace file")
+    if not events:
+        raise SystemExit(f"plot-trace: {path} holds no exits, so there is nothing to draw")
     return events
 
 
@@ -52,7 +59,8 @@ def plot(events: list[dict], out: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("plot-trace: needs matplotlib (pip install '.[plot]')")
+        raise SystemExit("plot-trace: needs matplotlib (scripts/install-deps installs it "
+                         "into .venv; or pip install matplotlib)")
     times, lines = series(events)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8))
     for kind, values in lines.items():
@@ -73,12 +81,17 @@ def plot(events: list[dict], out: str) -> None:
     fig.savefig(out, dpi=100)
 
 
+def default_output(trace: str) -> str:
+    """The trace's own path with its suffix (if any) replaced by .png."""
+    return os.path.splitext(trace)[0] + ".png"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="plot-trace", description=__doc__.split("\n")[0])
     p.add_argument("trace", help="a file written by `launcher --trace`")
     p.add_argument("-o", "--output", help="the PNG to write (default: TRACE with .png)")
     args = p.parse_args(argv)
-    out = args.output or (args.trace.rsplit(".", 1)[0] + ".png")
+    out = args.output or default_output(args.trace)
     plot(load(args.trace), out)
     print(f"plot-trace: wrote {out}", file=sys.stderr)
     return 0

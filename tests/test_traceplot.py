@@ -30,7 +30,7 @@ def test_series_bins_the_top_kinds_and_sums_the_rest(tmp_path):
 def test_the_script_writes_a_png(tmp_path):
     fake_trace(tmp_path / "t.json")
     out = tmp_path / "plot.png"
-    result = subprocess.run([sys.executable, "scripts/plot-trace", str(tmp_path / "t.json"),
+    result = subprocess.run(["scripts/plot-trace", str(tmp_path / "t.json"),
                              "-o", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     data = out.read_bytes()
@@ -43,3 +43,21 @@ def test_not_a_trace_is_refused(tmp_path, content):
     bad.write_text(content)
     with pytest.raises(SystemExit, match="plot-trace: .*(not a trace|not a launcher)"):
         traceplot.main([str(bad)])
+
+
+@pytest.mark.parametrize("trace,png", [
+    ("trace.json", "trace.png"), ("./trace", "./trace.png"), ("v1.0/trace", "v1.0/trace.png"),
+    ("runs/v1.0/boot.json", "runs/v1.0/boot.png"), (".hidden", ".hidden.png"),
+])
+def test_the_png_goes_beside_the_trace_with_its_suffix_replaced(trace, png):
+    assert traceplot.default_output(trace) == png
+
+
+def test_an_empty_trace_is_one_sentence(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    result = subprocess.run(["scripts/plot-trace", str(empty)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == f"plot-trace: {empty} holds no exits, so there is nothing to draw\n"
+    assert not (tmp_path / "empty.png").exists()
