@@ -48,7 +48,7 @@ def _need_lib() -> None:
     if lib is None:
         raise KvmUnavailable(
             "the launcher's KVM extension is not built "
-            f"({_IMPORT_ERROR}); reinstall with `python3 -m pip install .`")
+            f"({_IMPORT_ERROR}); rebuild it with scripts/install-deps")
 
 
 def _check(ret: int, what: str) -> int:

@@ -56,8 +56,8 @@ class SwitcherImage:
 def load_image(path: str = SWITCHER_ELF) -> SwitcherImage:
     if not os.path.exists(path):
         from .errors import UserError
-        raise UserError(f"the Switcher ({path}) is missing: reinstall the package "
-                        "with `python3 -m pip install .`")
+        raise UserError(f"the Switcher ({path}) is missing: rebuild it with "
+                        "scripts/install-deps")
     with open(path, "rb") as f:
         elf = ELFFile(f)
         symtab = elf.get_section_by_name(".symtab")
