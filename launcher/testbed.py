@@ -734,9 +734,16 @@ def run_script(argv: Sequence[str], cwd: str, env: dict[str, str], net: bool = F
     q = shlex.quote
     lines = []
     if net:
-        lines.append(f"{{ ip link add name {NET_BRIDGE} type bridge && "
-                     f"ip link set eth0 master {NET_BRIDGE} && ip link set eth0 up && "
-                     f"ip link set {NET_BRIDGE} up; }} >/dev/null 2>&1 || "
+        # The VM itself must stay silent on that wire: passt takes the
+        # source of the frames it receives for the guest's MAC, so one IPv6
+        # or IGMP frame from the VM's own card would steer the guest's
+        # traffic to it. No IPv6, no multicast, no ARP on the card or bridge.
+        quiet = "multicast off arp off"
+        lines.append(f"{{ sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                     f"net.ipv6.conf.default.disable_ipv6=1 && "
+                     f"ip link add name {NET_BRIDGE} type bridge && "
+                     f"ip link set eth0 {quiet} master {NET_BRIDGE} && ip link set eth0 up && "
+                     f"ip link set {NET_BRIDGE} {quiet} up; }} >/dev/null 2>&1 || "
                      "echo 'testbed: cannot bridge the network card (is iproute2 installed?)' >&2")
     lines.append(f"cd -- {q(cwd)} || exit 126")
     lines += [f"export {q(k + '=' + v)}" for k, v in sorted(env.items())]

@@ -116,11 +116,6 @@ def test_network_to_the_host_side_of_the_tap_in_a_namespace(kernel):
         subprocess.run(["ip", "netns", "del", ns])
 
 
-# udhcpc's event script, written by the test: the initramfs need not have one.
-DHCP_SCRIPT = ("printf '#!/bin/sh\\n[ \"$1\" = bound ] && ip addr add $ip/$mask dev $interface && "
-               "ip route add default via $router\\nexit 0\\n' > /tmp/dhcp && chmod +x /tmp/dhcp")
-
-
 def test_user_networking_through_passt_in_a_namespace(kernel, tmp_path):
     """--net user: the guest takes its address by DHCP, fetches a page from an
     HTTP server on the launcher's side (the gateway is the host's loopback),
@@ -129,8 +124,8 @@ def test_user_networking_through_passt_in_a_namespace(kernel, tmp_path):
     keeps the ports to the test."""
     import shutil
     import subprocess
-    import sys
     import uuid
+    from usernet_dialogue import GUEST_PORT, serve, talk
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to make a network namespace")
     if shutil.which("passt") is None:
@@ -148,32 +143,9 @@ def test_user_networking_through_passt_in_a_namespace(kernel, tmp_path):
                     ["ip", "link", "set", "uplink", "up"],
                     ["ip", "route", "add", "default", "via", "192.0.2.1"]):
             subprocess.run(netns + cmd, check=True)
-        server = subprocess.Popen(netns + [sys.executable, "-m", "http.server", "18000", "--bind",
-                                           "127.0.0.1", "--directory", str(tmp_path)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with boot(kernel, net=["user,hostfwd=tcp::18080-:8080"], wrapper=netns) as g:
-            g.expect(r"# ", timeout=BOOT_TIMEOUT)
-            g.send(f"{DHCP_SCRIPT}; ip link set eth0 up; udhcpc -i eth0 -n -q -t 5 -T 3 "
-                   "-s /tmp/dhcp; ip -4 addr show eth0; ip route; echo :dh''cp\n")
-            m = g.expect(r"inet (\S+)(?s:.*?)default via (\S+)(?s:.*?):dhcp", timeout=120)
-            assert (m.group(1), m.group(2)) == ("10.0.2.15/24", "10.0.2.2"), g.transcript[-1500:]
-            g.send("wget -q -O - http://10.0.2.2:18000/page.txt; echo :g''ot\n")
-            g.expect(r"served-by-the-host-side\s+:got", timeout=120)
-            g.send("mkdir -p /www && echo served-by-the-guest > /www/g.txt && "
-                   "httpd -p 8080 -h /www && echo :ser''ving\n")
-            g.expect(r":serving", timeout=60)
-            client = ("import socket\n"
-                      "c = socket.create_connection(('127.0.0.1', 18080), timeout=60)\n"
-                      "c.sendall(b'GET /g.txt HTTP/1.0\\r\\n\\r\\n')\n"
-                      "data = b''\n"
-                      "while chunk := c.recv(4096): data += chunk\n"
-                      "print(data.decode(errors='replace'))\n")
-            got = subprocess.run(netns + [sys.executable, "-c", client], capture_output=True,
-                                 text=True, timeout=180)
-            assert "served-by-the-guest" in got.stdout, (got.stdout, got.stderr,
-                                                         g.transcript[-1500:])
-            g.send("poweroff -f\n")
-            assert g.wait(timeout=120).status == 0
+        server = serve(str(tmp_path), 18000, netns)
+        with boot(kernel, net=[f"user,hostfwd=tcp::18080-:{GUEST_PORT}"], wrapper=netns) as g:
+            talk(g, BOOT_TIMEOUT, 18000, 18080, netns)
     finally:
         if server is not None:
             server.kill()
