@@ -14,7 +14,7 @@ from launcher.errors import UserError
 from launcher.memory import GuestMemory
 from launcher.hostnet.passt import (GUEST_IP, LENGTH, FrameStream, Passt, PasstBackend,
                                     PortForward, UserNet, default_mac, parse_user_net,
-                                    passt_argv, scatter)
+                                    passt_argv)
 from launcher.virtio.net import Net
 from virtio_driver import FakeDriver
 
@@ -78,12 +78,6 @@ def test_frames_cross_a_stream_behind_their_length():
     b.close()
     assert ours.read_frames() is None                    # end of file
     a.close()
-
-
-def test_scatter_fills_buffers_in_order_or_not_at_all():
-    bufs = [memoryview(bytearray(3)), memoryview(bytearray(4))]
-    assert scatter(b"abcdef", bufs) == 6 and bytes(bufs[0]) + bytes(bufs[1]) == b"abcdef\0"
-    assert scatter(b"x" * 8, bufs) == 0
 
 
 def backend_on(sock: socket.socket) -> PasstBackend:

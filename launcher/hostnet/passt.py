@@ -38,6 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from ..virtio.vring import scatter
 from . import NetBackend
 from .tap import parse_mac
 
@@ -312,11 +313,10 @@ class PasstBackend(NetBackend):
                     self.dropped += 1
                 if not self.pending:
                     raise BlockingIOError
-            frame = self.pending.popleft()
-            n = scatter(self._header() + frame, bufs)
-            if n:
-                return n
-            self.dropped += 1           # larger than the guest's buffer: dropped
+            frame = self._header() + self.pending.popleft()
+            if len(frame) <= sum(len(b) for b in bufs):
+                return scatter(frame, bufs)
+            self.dropped += 1           # larger than the guest's buffer: dropped, not cut
 
     def _header(self) -> bytes:
         # No flags, no GSO; with VERSION_1's 12 bytes, num_buffers = 1.
@@ -341,16 +341,3 @@ class PasstBackend(NetBackend):
             self.stream = None
             self.fd = -1
 
-
-def scatter(data: bytes, bufs: list[memoryview]) -> int:
-    """Copy data across bufs in order; its length, or 0 if it does not fit."""
-    if len(data) > sum(len(b) for b in bufs):
-        return 0
-    pos = 0
-    for b in bufs:
-        take = min(len(b), len(data) - pos)
-        b[:take] = data[pos:pos + take]
-        pos += take
-        if pos == len(data):
-            break
-    return pos

@@ -16,7 +16,7 @@ import struct
 
 from ..errors import GuestFault, UserError
 from .device import Device
-from .vring import Chain, Vring
+from .vring import Chain, Vring, scatter
 
 VIRTIO_ID_BLOCK = 2
 VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_SCSI_CMD = 0, 1, 2
@@ -96,7 +96,7 @@ class Block(Device):
                     os.fdatasync(self.fd)
             elif type_ == VIRTIO_BLK_T_GET_ID:
                 ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")
-                written = _scatter(ident, data_out)
+                written = scatter(ident, data_out)
             else:
                 status = VIRTIO_BLK_S_UNSUPP
         except OSError:
@@ -163,13 +163,3 @@ def _split(bufs: list[memoryview], n: int) -> tuple[bytes | None, list[memoryvie
             rest.append(b)
     return (bytes(head) if len(head) == n else None), rest
 
-
-def _scatter(data: bytes, bufs: list[memoryview]) -> int:
-    done = 0
-    for b in bufs:
-        take = min(len(b), len(data) - done)
-        b[:take] = data[done:done + take]
-        done += take
-        if done == len(data):
-            break
-    return done

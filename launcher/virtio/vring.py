@@ -30,6 +30,19 @@ def vring_size(num: int, align: int) -> int:
     return used_at + 4 + 8 * num + 2
 
 
+def scatter(data: bytes, bufs: list[memoryview]) -> int:
+    """Copy data across a chain's writable buffers in order; the bytes
+    copied (fewer than len(data) when the buffers are too small)."""
+    done = 0
+    for b in bufs:
+        take = min(len(b), len(data) - done)
+        b[:take] = data[done:done + take]
+        done += take
+        if done == len(data):
+            break
+    return done
+
+
 @dataclass
 class Chain:
     """One request: the head index and its buffers, in order."""
