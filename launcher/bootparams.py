@@ -147,8 +147,11 @@ def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
     if pm_offset >= len(data):
         raise UserError(f"{path} is truncated: its setup claims {setup_sects} sectors "
                         f"but the file has {len(data)} bytes")
+    # syssize counts 16-byte paragraphs, rounded up: old build tools (Linux
+    # 2.6.24's, say) did not pad the file to match, so up to 15 bytes short
+    # is a whole kernel.
     syssize = struct.unpack_from("<I", data, ZP_SYSSIZE)[0] * 16
-    if syssize and len(data) < pm_offset + syssize:
+    if syssize and len(data) < pm_offset + syssize - 15:
         raise UserError(f"{path} is truncated: its header promises {pm_offset + syssize} "
                         f"bytes but the file has {len(data)}")
     header_end = ZP_HEADER + data[0x201]

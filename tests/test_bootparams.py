@@ -84,6 +84,17 @@ def test_bad_images_are_user_errors(tmp_path, data, match):
         load(tmp_path, data)
 
 
+def test_syssize_rounded_up_to_16_bytes_is_not_truncation(tmp_path):
+    def with_syssize(payload: bytes, paragraphs: int) -> bytes:
+        img = bytearray(bzimage(payload=payload))
+        struct.pack_into("<I", img, B.ZP_SYSSIZE, paragraphs)
+        return bytes(img)
+    payload = b"\x90" * 4993                 # 313 paragraphs, the last one 1 byte
+    load(tmp_path, with_syssize(payload, 313))
+    with pytest.raises(UserError, match="truncated: its header promises"):
+        load(tmp_path, with_syssize(payload, 314))
+
+
 def test_setup_sects_zero_means_four(tmp_path):
     img = bytearray(bzimage(setup_sects=4))
     img[B.ZP_SETUP_SECTS] = 0
