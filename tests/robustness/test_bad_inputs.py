@@ -33,7 +33,7 @@ REAL_KVM_READY = cli.kvm_ready
 @pytest.fixture(autouse=True)
 def no_vm(monkeypatch):
     """An input the launcher wrongly accepts must fail here, not boot."""
-    def refuse(args, module="launcher"):
+    def refuse(*args, **kwargs):
         raise AssertionError("the launcher accepted the input and went on to KVM")
     monkeypatch.setattr(cli, "kvm_ready", refuse)
 
