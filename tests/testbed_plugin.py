@@ -132,10 +132,11 @@ class _Outer:
                         tr.write("\n")   # after a line of progress dots
                     tr.write_line(f"testbed: booting a VM for {len(nodeids)} kvm test(s) "
                                   f"({self.why})", bold=True)
+                    tr.flush()
                 sink = _Tee(log, sys.stdout.buffer if verbose else None)
                 # With -v the inner pytest's own lines stream already.
                 progress = None if verbose or not tr else _Progress(results, len(nodeids),
-                                                                    tr.write_line)
+                                                                    _line_now(tr))
                 try:
                     self.status = testbed.run(
                         argv, cwd=str(self.config.rootpath), stdout=sink, stderr=sink,
@@ -162,6 +163,15 @@ class _Outer:
         except OSError:
             return "(no testbed output)"
         return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _line_now(tr: Any):
+    """write_line, flushed: a pipe (CI's log) would otherwise hold the
+    lines back until its buffer fills."""
+    def write(line: str) -> None:
+        tr.write_line(line)
+        tr.flush()
+    return write
 
 
 class _Progress:
