@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 
@@ -406,9 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the own guest's benchmarks with every page fault through Python")
     p.add_argument("--no-testbed", action="store_true",
                    help="do not re-run inside the testbed when this KVM cannot run our guests")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     from .cli import kvm_ready
-    status = kvm_ready(args, module="launcher.bench")
+    status = kvm_ready(args, argv, module="launcher.bench")
     if status is not None:
         return status
     n = args.iterations or (3000 if os.environ.get("LGUEST_IN_TESTBED") else 20000)

@@ -214,10 +214,14 @@ class Verbose:
         say(f"[{time.time() - self.started:.2f} s] {message}")
 
 
-def kvm_ready(args: argparse.Namespace, config: "GuestConfig", note: Verbose,
-              module: str = "launcher") -> int | None:
+def kvm_ready(args: argparse.Namespace, argv: list[str], config: "GuestConfig | None" = None,
+              note: Verbose | None = None, module: str = "launcher") -> int | None:
     """None when this host's KVM can run our guests; otherwise the exit
-    status of re-running inside the testbed (or of refusing to)."""
+    status of re-running ``module`` with ``argv`` inside the testbed (or of
+    refusing to). ``config`` says which devices need the host's side in the
+    testbed (none given: none do)."""
+    if note is None:
+        note = Verbose(False, time.time())
     from .kvm import probe
     result = probe()
     if result.usable:
@@ -231,14 +235,14 @@ def kvm_ready(args: argparse.Namespace, config: "GuestConfig", note: Verbose,
     if missing:
         say(f"{result.reason}, and the testbed cannot start: {missing}")
         return EXIT_USAGE
-    kinds = [kind for kind, _ in config.devices_spec]
+    kinds = [kind for kind, _ in config.devices_spec] if config else []
     if "tunnet" in kinds:
         raise UserError("--tunnet cannot work here: the guest would run inside the testbed "
                         "VM, and a tap made there is out of this host's reach; use --net user")
     if kinds.count("usernet") > 1:
         raise UserError("inside the testbed only one --net user card reaches this host")
     note.always(f"{result.reason}; running inside the testbed VM instead (slow but real KVM)")
-    env = {"LGUEST_STARTED": repr(config.started)}
+    env = {"LGUEST_STARTED": repr(note.started)}     # --timeout counts from here
     passt = None
     try:
         if "usernet" in kinds:
@@ -250,7 +254,7 @@ def kvm_ready(args: argparse.Namespace, config: "GuestConfig", note: Verbose,
             env[TESTBED_BRIDGE_ENV] = testbed.NET_BRIDGE
             note("passt started here; the testbed VM's network card is joined to it")
         note("booting the testbed VM")
-        status = testbed.run([sys.executable, "-m", module, *sys.argv[1:]], cwd=os.getcwd(),
+        status = testbed.run([sys.executable, "-m", module, *argv], cwd=os.getcwd(),
                              extra_env=env, net_fd=passt.sock.fileno() if passt else None)
     finally:
         if passt is not None:
@@ -266,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     started = float(handed) if handed else time.time()
     stdout_closed = fill_closed_standard_fds()
     session = None
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
+        args = parse_command_line(build_parser(), argv)
         if stdout_closed or sys.stdout is None:
             say("standard output is closed, so the guest's console would have nowhere to go "
                 "(redirect it to /dev/null to throw the output away)")
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--chroot {args.chroot}: no such directory")
         session = Session(config)       # reads the images, opens the disks
         session.check()
-        status = kvm_ready(args, config, note)
+        status = kvm_ready(args, argv, config, note)
         if status is not None:
             session.close()
             return status

@@ -134,7 +134,7 @@ def test_verbose_says_where_the_guest_runs_and_what_it_boots(monkeypatch, capsys
     seen = {}
 
     def fake_run(argv, **kw):
-        seen.update(kw)
+        seen.update(kw, argv=argv)
         return 0
     monkeypatch.setattr(testbed, "run", fake_run)
     assert cli.main(["--verbose", "--timeout", "30", "--", "echo"]) == 0
@@ -146,3 +146,16 @@ def test_verbose_says_where_the_guest_runs_and_what_it_boots(monkeypatch, capsys
     # The inner launcher counts --timeout from this one's start.
     assert abs(float(seen["extra_env"]["LGUEST_STARTED"]) - time.time()) < 60
     assert seen["net_fd"] is None
+    assert seen["argv"][1:] == ["-m", "launcher", "--verbose", "--timeout", "30", "--", "echo"]
+
+
+def test_launcher_bench_hands_over_to_the_testbed_too(monkeypatch):
+    """launcher-bench shares kvm_ready: with no devices it needs no config."""
+    from launcher import bench, kvm, testbed
+    monkeypatch.delenv("LGUEST_IN_TESTBED", raising=False)
+    monkeypatch.setattr(kvm, "probe", lambda: kvm.KvmProbe(False, "/dev/kvm is a test's"))
+    monkeypatch.setattr(testbed, "available", lambda: None)
+    ran = []
+    monkeypatch.setattr(testbed, "run", lambda argv, **kw: ran.append(argv) or 7)
+    assert bench.main(["--json", "-n", "5"]) == 7
+    assert ran[0][1:] == ["-m", "launcher.bench", "--json", "-n", "5"]

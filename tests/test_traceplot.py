@@ -2,7 +2,6 @@
 file that is not a trace is refused with one line."""
 import json
 import subprocess
-import sys
 
 import pytest
 
