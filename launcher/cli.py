@@ -235,13 +235,21 @@ def kvm_ready(args: argparse.Namespace, argv: list[str], config: "GuestConfig | 
     if missing:
         say(f"{result.reason}, and the testbed cannot start: {missing}")
         return EXIT_USAGE
+    return hand_to_testbed(result.reason, argv, config, note, module)
+
+
+def hand_to_testbed(why: str, argv: list[str], config: "GuestConfig | None", note: Verbose,
+                    module: str) -> int:
+    """Run ``module argv`` inside the testbed VM; its exit status. Devices
+    whose host side must be on this host are refused, or set up here."""
+    from . import testbed
     kinds = [kind for kind, _ in config.devices_spec] if config else []
     if "tunnet" in kinds:
         raise UserError("--tunnet cannot work here: the guest would run inside the testbed "
                         "VM, and a tap made there is out of this host's reach; use --net user")
     if kinds.count("usernet") > 1:
         raise UserError("inside the testbed only one --net user card reaches this host")
-    note.always(f"{result.reason}; running inside the testbed VM instead (slow but real KVM)")
+    note.always(f"{why}; running inside the testbed VM instead (slow but real KVM)")
     env = {"LGUEST_STARTED": repr(note.started)}     # --timeout counts from here
     passt = None
     try:
