@@ -82,16 +82,30 @@ def generation(version: str) -> LguestDataLayout:
     return G2
 
 
-def kernel_layout(data: bytes) -> LguestDataLayout:
-    """The generation of a kernel image's bytes, before loading it: from a
-    bzImage's version string, or a vmlinux's "Linux version" banner. An
-    image without either (the own guest's ELF) speaks G2."""
+def kernel_version(data: bytes) -> str:
+    """A kernel image's version string: a bzImage's, or a vmlinux's "Linux
+    version" banner; "" for an image with neither (the own guest's ELF)."""
     if data[:4] == b"\x7fELF":
         m = re.search(rb"Linux version (\S+)", data)
-        return generation(m.group(1).decode("ascii", "replace") if m else "")
+        return m.group(1).decode("ascii", "replace") if m else ""
     if len(data) > ZP_HEADER + 4 and data[ZP_HEADER:ZP_HEADER + 4] == b"HdrS":
-        return generation(_bz_version(data))
-    return G2
+        return _bz_version(data)
+    return ""
+
+
+def kernel_layout(data: bytes, path: str) -> LguestDataLayout:
+    """The generation of a kernel image's bytes, before loading it, from its
+    version string. An image without one (the own guest's ELF) speaks G2.
+    Linux 2.6 (G1) is refused: the launcher cannot run it yet."""
+    version = kernel_version(data)
+    try:
+        layout = generation(version)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    if layout is G1:
+        raise UserError(f"{path}: Linux {version.split()[0]} is a 2.6-era lguest guest, which "
+                        "this launcher cannot run yet (it runs Linux 3.10-3.19 and 4.1-4.13)")
+    return layout
 
 
 def read_image(path: str) -> bytes:

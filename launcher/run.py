@@ -105,7 +105,7 @@ class Session:
         self.initrd = read_image(config.initrd) if config.initrd else None
         # G1/G2 find devices on the lguest bus, G3 on PCI: the kernel's
         # version string says which before anything boots.
-        self.layout = kernel_layout(self.kernel)
+        self.layout = kernel_layout(self.kernel, config.kernel)
         self.host: Host | None = None
         self.devices = config.devices(self.console_interrupt)
         self.kvm: Kvm | None = None
