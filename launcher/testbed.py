@@ -282,6 +282,8 @@ def available() -> Optional[str]:
     p = _paths()
     stamp = _kernel_cached(p)
     if stamp is None:
+        if _read_json(p.kernel_stamp):   # a cache an older launcher made
+            return f"the testbed in {p.root} is out of date (it needs other modules): {INSTALL_HINT}"
         return f"testbed not prepared (no kernel in {p.root}): {INSTALL_HINT}"
     # A stale initramfs is rebuilt by run() without the network, but only if
     # busybox is still there to put in it.

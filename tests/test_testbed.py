@@ -214,3 +214,13 @@ def test_argv_stdin_shared_tmp_and_kvm_inside(need_testbed):
         assert seen["svm"] > 0, "the emulated CPU shows no svm flag"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_cache_from_an_older_module_list_is_out_of_date(tmp_path, monkeypatch):
+    monkeypatch.setenv("LGUEST_TESTBED_CACHE", str(tmp_path))
+    monkeypatch.setattr(testbed.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert "not prepared" in testbed.available()
+    (tmp_path / "kernel.json").write_text(json.dumps(
+        {"format": testbed.CACHE_FORMAT, "wanted": ["kvm-amd"], "order": [], "boot": "vmlinuz"}))
+    assert testbed.available() == (f"the testbed in {tmp_path} is out of date (it needs other "
+                                   f"modules): {testbed.INSTALL_HINT}")
