@@ -196,3 +196,12 @@ def test_a_real_passt_offers_the_guest_its_address_and_stops_with_us():
     finally:
         passt.stop()
     assert passt.proc.returncode is not None
+
+
+@pytest.mark.skipif(shutil.which("passt") is None and not os.environ.get("CI"),
+                    reason="passt is not installed (scripts/install-deps installs it)")
+def test_passt_that_cannot_start_is_one_sentence_in_its_own_words(monkeypatch):
+    monkeypatch.setenv("LGUEST_PASST_OPTIONS", "--no-such-passt-option")
+    with pytest.raises(UserError, match=r"^--net user: passt did not start: passt: "
+                                        r"unrecognized option '--no-such-passt-option'$"):
+        Passt(parse_user_net("user"))

@@ -137,10 +137,13 @@ class Passt:
         # to write its log there afterwards.
         os.chmod(self.dir, 0o1777)
         pid_file, self.log = os.path.join(self.dir, "pid"), os.path.join(self.dir, "log")
+        # Its stderr goes to a file too, never a pipe nobody drains.
+        self.stderr = os.path.join(self.dir, "stderr")
         try:
-            self.proc = subprocess.Popen(passt_argv(net, theirs.fileno(), pid_file, self.log),
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            with open(self.stderr, "wb") as err:
+                self.proc = subprocess.Popen(passt_argv(net, theirs.fileno(), pid_file, self.log),
+                                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=err)
         except OSError as exc:
             self._cleanup(ours, theirs)
             raise UserError(f"--net user: cannot start passt: {exc.strerror}") from None
@@ -157,18 +160,17 @@ class Passt:
             time.sleep(0.02)
 
     def last_words(self) -> str:
-        """passt's last line of complaint, from its log or stderr."""
-        text = ""
-        try:
-            with open(self.log, errors="replace") as f:
-                text = f.read()
-        except OSError:
-            pass
-        if self.proc.poll() is not None and self.proc.stderr is not None:
-            text += self.proc.stderr.read().decode(errors="replace")
-        lines = [line.strip() for line in text.splitlines()
-                 if line.strip() and "syslog" not in line]
-        return lines[-1] if lines else ""
+        """passt's complaint: the first line it wrote to stderr (a usage
+        error comes first, its usage text after), else its log's last."""
+        def lines(path: str) -> list[str]:
+            try:
+                with open(path, errors="replace") as f:
+                    return [line.strip() for line in f
+                            if line.strip() and "syslog" not in line]
+            except OSError:
+                return []
+        said, logged = lines(self.stderr), lines(self.log)
+        return said[0] if said else logged[-1] if logged else ""
 
     def stop(self) -> None:
         """Close our end (passt quits on its own), then make sure it did."""
@@ -187,8 +189,6 @@ class Passt:
                     self.proc.wait()
                 except PermissionError:
                     pass
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _cleanup(self, *socks: socket.socket) -> None:
