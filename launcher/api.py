@@ -182,9 +182,7 @@ class Guest:
     def _raise_ended(self, what: str, last: str) -> None:
         status = self.proc.returncode
         reason = verdict(self._err.decode("utf-8", "replace"), status)
-        if status == EXIT_USAGE:
-            raise LauncherError(reason or f"the launcher exited with status {status}",
-                                status, reason, self._out.decode("utf-8", "replace"))
+        self._raise_if_refused(status, reason)
         raise GuestEnded(f"{what}: exit status {status}"
                          f"{', ' + reason if reason else ''}; last output: {last!r}",
                          status, reason, self._out.decode("utf-8", "replace"))
@@ -210,10 +208,14 @@ class Guest:
             t.join(5)
         err = self._err.decode("utf-8", "replace")
         reason = verdict(err, status)
-        if status == EXIT_USAGE:
-            raise LauncherError(reason or "the launcher exited with status 2", status, reason,
-                                self.transcript)
+        self._raise_if_refused(status, reason)
         return Result(status, reason, self.transcript, err)
+
+    def _raise_if_refused(self, status: int, reason: str) -> None:
+        """Exit status 2: the launcher never started a guest."""
+        if status == EXIT_USAGE:
+            raise LauncherError(reason or f"the launcher exited with status {status}",
+                                status, reason, self.transcript)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL: the launcher restores the terminal and
