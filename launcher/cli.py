@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 from . import __version__
 from .errors import UserError
 from .kvm import KvmError
+from .fastpaths import fast_paths_default
 from .run import Session
 from .terminal import guest_owns_terminal, stdin_fd
 
@@ -112,11 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     pae.add_argument("--no-pae", dest="pae", action="store_false",
                      help="the guest uses two-level (non-PAE) page tables")
     p.add_argument("--no-fast-traps", dest="fast_traps", action="store_false",
-                   help="reflect every page fault through the Python Host instead of letting "
-                        "the Switcher do it (slower; the reference behaviour)")
+                   help="take page faults, system calls through an interrupt gate, SET_PTE, "
+                        "and port I/O and CPUID answers through the Python Host instead of "
+                        "letting the Switcher do them (slower; the reference behaviour)")
+    p.add_argument("--no-fast-clock", dest="fast_clock", action="store_false",
+                   help="take the guest's clock event, HALT and timer interrupt through the "
+                        "Python Host instead of KVM's local APIC and the Switcher (hundreds "
+                        "of exits a second more when idle; the reference behaviour)")
     p.add_argument("--no-ioeventfd", dest="ioeventfd", action="store_false",
                    help="G3 guests: take queue kicks as MMIO exits handled in Python, not "
                         "as KVM ioeventfds (slower; for measuring and debugging)")
+    # LGUEST_FAST_PATHS=off makes every fast path default to off (CI runs both ways).
+    p.set_defaults(fast_traps=fast_paths_default(), fast_clock=fast_paths_default(),
+                   ioeventfd=fast_paths_default())
     p.add_argument("--no-testbed", action="store_true",
                    help="where this host's KVM cannot run lguest guests, stop instead of "
                         "re-running inside the testbed VM")
@@ -343,7 +352,7 @@ def make_config(args: argparse.Namespace, started: float | None = None,
                        reboot=not args.no_reboot, pae=args.pae, timeout=args.timeout,
                        started=started, log=note if args.verbose else None,
                        stats=args.stats, trace=args.trace, ioeventfd=args.ioeventfd,
-                       fast_traps=args.fast_traps,
+                       fast_traps=args.fast_traps, fast_clock=args.fast_clock,
                        devices_spec=[(k, parse_block(v) if k == "block" else v)
                                      for k, v in (getattr(args, "devices", None) or [])],
                        stdin=stdin_fd())

@@ -36,6 +36,12 @@ if lib is not None:
             EXIT_NAMES[getattr(lib, _name)] = _name
 
 
+def lib_cap(name: str) -> int:
+    """A KVM_CAP_* number from the build's <linux/kvm.h>."""
+    _need_lib()
+    return getattr(lib, name)
+
+
 class KvmError(OSError):
     """An ioctl failed: carries the ioctl's name and errno."""
 
@@ -184,6 +190,18 @@ class Vm:
             e.flags |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
         _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, e), "KVM_IOEVENTFD")
 
+    def enable_cap(self, cap_number: int, arg0: int = 0, name: str = "") -> None:
+        cap = ffi.new("struct kvm_enable_cap *")
+        cap.cap = cap_number
+        cap.args[0] = arg0
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, cap),
+               f"KVM_ENABLE_CAP({name or cap_number})")
+
+    def enable_split_irqchip(self) -> None:
+        """KVM_CAP_SPLIT_IRQCHIP: a local APIC per vCPU in KVM, no PIC or
+        I/O APIC (0 routes for the absent I/O APIC). Before the first vCPU."""
+        self.enable_cap(lib.KVM_CAP_SPLIT_IRQCHIP, 0, "KVM_CAP_SPLIT_IRQCHIP")
+
     def create_vcpu(self, index: int, kick_vector: int) -> "Vcpu":
         fd = _check(lib.shim_ioctl_int(self.fd, lib.KVM_CREATE_VCPU, index), "KVM_CREATE_VCPU")
         return Vcpu(self, fd, kick_vector)
@@ -289,6 +307,21 @@ class Vcpu:
         if done != len(msrs):
             raise KvmError("KVM_SET_MSRS", errno.EINVAL)
 
+    def get_lapic(self) -> bytearray:
+        state = ffi.new("struct kvm_lapic_state *")
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_GET_LAPIC, state), "KVM_GET_LAPIC")
+        return bytearray(ffi.buffer(state.regs))
+
+    def set_lapic(self, regs: bytes) -> None:
+        state = ffi.new("struct kvm_lapic_state *")
+        ffi.buffer(state.regs)[:] = bytes(regs)
+        _check(lib.shim_ioctl_ptr(self.fd, lib.KVM_SET_LAPIC, state), "KVM_SET_LAPIC")
+
+    def kick_by_msi(self) -> None:
+        """From now on a kick is an MSI to the in-kernel LAPIC."""
+        self.shim.vm_fd = self.vm.fd
+        self.shim.msi_kick = 1
+
     def tsc_khz(self) -> int:
         return max(0, lib.shim_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0))
 
@@ -301,7 +334,7 @@ class Vcpu:
     def counters(self) -> dict[str, int]:
         s = self.shim
         return {"kicks_injected": s.kicks_injected, "window_exits": s.window_exits,
-                "eintr_exits": s.eintr_exits}
+                "eintr_exits": s.eintr_exits, "msi_kicks": s.msi_kicks}
 
     def close(self) -> None:
         with self._closing:

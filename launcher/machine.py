@@ -19,7 +19,8 @@ import struct
 from dataclasses import dataclass
 
 from . import descriptors as D
-from .kvm import CpuidEntry, GuestRegion, Kvm, Vcpu, Vm
+from .fastpaths import choose
+from .kvm import CpuidEntry, GuestRegion, Kvm, KvmError, Vcpu, Vm, lib_cap
 from .memory import GuestMemory
 from .switcher import (CS, DS, EFLAGS, EIP, ES, ESI, ESP, FS, GS, NREGS, PAGE, SS,
                        RequestArea, SwitcherImage, load_image)
@@ -53,6 +54,14 @@ PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 MSR_MISC_FEATURES_ENABLES = 0x140
 MSR_MISC_FEATURES_CPUID_FAULT = 1
 
+# The local APIC in KVM, for the clock in the VM (docs/architecture.md).
+MSR_IA32_APICBASE = 0x1B
+APICBASE_BSP, APICBASE_EXTD, APICBASE_EN = 1 << 8, 1 << 10, 1 << 11
+APIC_DEFAULT_BASE = 0xFEE00000
+APIC_SVR, APIC_LVTT, APIC_LVTERR, APIC_TDCR = 0xF0, 0x320, 0x370, 0x3E0
+APIC_SVR_ENABLE, APIC_LVT_MASKED, APIC_TDCR_DIVIDE_BY_1 = 0x100, 1 << 16, 0xB
+CPUID1_ECX_X2APIC = 1 << 21
+
 # CPUID bits hidden from a paravirt guest (docs/abi.md §12.9).
 CPUID1_ECX_HIDE = (1 << 21) | (1 << 26) | (1 << 27) | (1 << 31)   # x2APIC XSAVE OSXSAVE HYPERVISOR
 CPUID1_EDX_HIDE = 1 << 11                                         # SEP: no sysenter
@@ -83,6 +92,16 @@ def filter_cpuid(entries: list[CpuidEntry]) -> list[CpuidEntry]:
     return out
 
 
+def with_x2apic(entries: list[CpuidEntry]) -> list[CpuidEntry]:
+    """The table KVM is given when its LAPIC runs in x2APIC mode: KVM
+    allows that mode only if CPUID leaf 1 says x2APIC. Linux guests mask the
+    bit themselves (docs/abi.md §12.9), and where the Host answers CPUID it
+    answers from the filtered table."""
+    return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx,
+                       e.ecx | CPUID1_ECX_X2APIC, e.edx) if e.function == 1 else e
+            for e in entries]
+
+
 def svm_without_nrips(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Is this host an AMD SVM one without next-RIP save (QEMU's software
     SVM, our testbed)? There KVM skips an intercepted CPUID by emulating the
@@ -111,7 +130,7 @@ class Machine:
     """The VM, its memory and its single vCPU, ready to run an lguest guest."""
 
     def __init__(self, ram_size: int, *, device_pages: int = 0, kvm_path: str = "/dev/kvm",
-                 kvm: Kvm | None = None) -> None:
+                 kvm: Kvm | None = None, apic: bool | None = None) -> None:
         if ram_size % PAGE or ram_size <= 0:
             raise ValueError("RAM size must be a positive multiple of 4096")
         self.image: SwitcherImage = load_image()
@@ -122,19 +141,83 @@ class Machine:
         self.vm: Vm = self.kvm.create_vm()
         self._setup_memory()
         self._setup_switcher_region()
+        # The LAPIC must be asked for before the vCPU exists.
+        self.apic_in_kernel = False
+        self.apic_note = "the clock in the VM is off (--no-fast-clock)"
+        if choose(apic):
+            self.apic_note = self._enable_apic()
         self.vcpu: Vcpu = self.vm.create_vcpu(0, KICK_VECTOR)
         cpuid = filter_cpuid(self.kvm.supported_cpuid())
-        self.cpuid = cpuid
+        self.cpuid = cpuid              # what the guest is told (Host.emulate_cpuid)
         self.vendor = cpu_vendor(cpuid)
-        self.vcpu.set_cpuid(cpuid)
+        self.vcpu.set_cpuid(with_x2apic(cpuid) if self.apic_in_kernel else cpuid)
+        if self.apic_in_kernel:
+            self._setup_lapic()
         # Where KVM cannot skip CPUID without its emulator (svm_without_nrips),
         # make CPUID outside ring 0 fault (KVM's emulated CPUID faulting) and
         # let the Host answer it from the same table (Host.emulate_cpuid).
         self.cpuid_faulting = svm_without_nrips()
+        self.cpuid_in_switcher = 0        # entries of the Switcher's copy (host/fastpath.py)
         if self.cpuid_faulting:
             self.vcpu.set_msrs({MSR_MISC_FEATURES_ENABLES: MSR_MISC_FEATURES_CPUID_FAULT})
+            self._write_cpuid_table()
         self.tsc_khz = self.vcpu.tsc_khz()
         self._setup_vcpu()
+
+    def _write_cpuid_table(self) -> None:
+        """The table CPUID is answered from, for the Switcher too (its
+        #GP fast path), in the TSS page past what the CPU reads. A table
+        too big for it stays Python's alone."""
+        img = self.image
+        if len(self.cpuid) > img.SW_CPUID_MAX:
+            return
+        at = (img.SW_CPUID_TABLE - img.SW_TSS) // 4
+        for i, e in enumerate(self.cpuid):
+            self.tss[at + 7 * i:at + 7 * i + 7] = memoryview(struct.pack(
+                "<7I", e.function, e.index, e.flags & 1, e.eax, e.ebx, e.ecx, e.edx)).cast("I")
+        self.cpuid_in_switcher = len(self.cpuid)
+
+    # -- the local APIC --------------------------------------------------------
+    def _enable_apic(self) -> str:
+        """Put a local APIC in KVM (and nothing else of a PC's interrupt
+        hardware) if this KVM can; says what happened, for --verbose."""
+        kvm = self.kvm
+        for cap, name in ((lib_cap("KVM_CAP_SPLIT_IRQCHIP"), "KVM_CAP_SPLIT_IRQCHIP"),
+                          (lib_cap("KVM_CAP_SIGNAL_MSI"), "KVM_CAP_SIGNAL_MSI")):
+            if not kvm.check_extension(cap):
+                return f"the clock in the VM is off: this KVM lacks {name}"
+        try:
+            self.vm.enable_split_irqchip()
+        except KvmError as exc:
+            return f"the clock in the VM is off: {exc}"
+        self.apic_in_kernel = True
+        # A halted vCPU now sleeps in KVM, which by default polls for a
+        # while before it really sleeps: CPU burnt at every idle tick.
+        # An idle guest should cost nothing (KVM_CAP_HALT_POLL, Linux 5.16+).
+        if kvm.check_extension(lib_cap("KVM_CAP_HALT_POLL")):
+            try:
+                self.vm.enable_cap(lib_cap("KVM_CAP_HALT_POLL"), 0)
+            except KvmError:
+                pass
+        return "the clock in the VM is on (KVM's local APIC, x2APIC mode)"
+
+    def _setup_lapic(self) -> None:
+        """x2APIC mode, so the Switcher reaches the APIC with `wrmsr` (no
+        mapping, no instruction KVM must decode); software-enabled; the
+        timer one-shot on SW_TIMER_VECTOR counting nanoseconds (KVM's APIC
+        bus cycle is 1 ns; divide by 1). Kicks become MSIs to it."""
+        img = self.image
+        self.vcpu.set_msrs({MSR_IA32_APICBASE:
+                            APIC_DEFAULT_BASE | APICBASE_EN | APICBASE_EXTD | APICBASE_BSP})
+        regs = self.vcpu.get_lapic()
+        for offset, value in ((APIC_SVR, APIC_SVR_ENABLE | img.SW_SPURIOUS_VECTOR),
+                              (APIC_LVTT, img.SW_TIMER_VECTOR),
+                              (APIC_LVTERR, APIC_LVT_MASKED),
+                              (APIC_TDCR, APIC_TDCR_DIVIDE_BY_1)):
+            struct.pack_into("<I", regs, offset, value)
+        self.vcpu.set_lapic(regs)
+        self.vcpu.kick_by_msi()
+        self.fast_params[(img.SW_APIC_ON - img.SW_FAST) // 4] = 1
 
     # -- memory ------------------------------------------------------------
     def _setup_memory(self) -> None:
@@ -167,7 +250,7 @@ class Machine:
         first = (img.SW_REGS - img.SW_REGPAGE) // 4
         self.regs = self.regpage[first:first + NREGS]
         self.requests = RequestArea(img, self.regpage)
-        self.fast_params = self._ro_view(img.SW_FAST, 64).cast("I")   # host/fastpath.py
+        self.fast_params = self._ro_view(img.SW_FAST, img.SW_FAST_END - img.SW_FAST).cast("I")
         self._setup_gdt()
         self._setup_tss()
         self._setup_idt()

@@ -39,6 +39,7 @@ from .virtio.net import Net
 from .hostnet.passt import default_mac, parse_user_net, user_net_backend
 from .hostnet.tap import TapBackend, parse_tunnet
 from .virtio.rng import Rng
+from .fastpaths import fast_paths_default
 from .switcher import DATA_DIR, load_image
 
 BUNDLED_GUEST = os.path.join(DATA_DIR, "lgk.bzImage")      # images/: the own guest
@@ -61,8 +62,10 @@ class GuestConfig:
     devices_spec: list[tuple[str, object]] = field(default_factory=list)
     console: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stdin: int | None = None         # the console's input descriptor, if any
-    ioeventfd: bool = True           # G3: queue kicks as KVM ioeventfds (no exit)
-    fast_traps: bool = True          # page faults reflected by the Switcher
+    # The fast paths (launcher/fastpaths.py): on unless LGUEST_FAST_PATHS=off.
+    ioeventfd: bool = field(default_factory=fast_paths_default)   # G3 kicks as ioeventfds
+    fast_traps: bool = field(default_factory=fast_paths_default)  # #PF reflected in the VM
+    fast_clock: bool = field(default_factory=fast_paths_default)  # clock, HALT, tick in the VM
     log: Callable[[str], None] | None = None   # --verbose: says what the launcher does
 
     def devices(self, on_interrupt) -> list[Device]:
@@ -183,14 +186,15 @@ class Session:
         self.open_kvm()
         if self.layout is G3:
             bus: LguestBus | PciBus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
-            machine = Machine(c.mem, kvm=self.kvm)
+            machine = Machine(c.mem, kvm=self.kvm, apic=c.fast_clock)
             if bus.limit > machine.image.SW_BASE:
                 machine.close(keep_kvm=True)
                 raise UserError(f"--mem {c.mem >> 20}M leaves no room for the PCI devices' "
                                 "registers below 4 GiB: give the guest less memory")
         else:
             bus = LguestBus(self.devices, early_console=c.console)
-            machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm)
+            machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm,
+                              apic=c.fast_clock)
         timer = None
         started = time.monotonic()
         try:
@@ -240,6 +244,7 @@ class Session:
         if c.initrd:
             self.note(f"initrd {c.initrd}: {len(self.initrd or b'')} bytes, at the top of RAM")
         self.note(f"command line: {c.cmdline!r}")
+        self.note(machine.apic_note)
 
     def run(self) -> Outcome:
         while True:

@@ -94,6 +94,10 @@ class RequestArea:
         self.SET_TS = image.REQ_SET_TS
         self.CLEAR_TS = image.REQ_CLEAR_TS
         self.ENABLE_PAE = image.REQ_ENABLE_PAE
+        self.ARM_TIMER = image.REQ_ARM_TIMER
+        self.STAMP = image.REQ_STAMP
+        self.HALT = image.REQ_HALT
+        self.i_tmict = (image.SW_REQ_TMICT - base) // 4
         self.pending = 0
         self.invlpgs: list[int] = []
         self.cr3 = 0
@@ -120,6 +124,19 @@ class RequestArea:
     def set_ts(self, on: bool) -> None:
         self.pending &= ~(self.SET_TS | self.CLEAR_TS)
         self.pending |= self.SET_TS if on else self.CLEAR_TS
+
+    def arm_timer(self, ns: int) -> None:
+        """The clock in the VM: set the APIC timer to ``ns`` (0 stops it)."""
+        self.pending |= self.ARM_TIMER
+        self.words[self.i_tmict] = ns & 0xFFFFFFFF
+
+    def stamp(self) -> None:
+        """Take the TSC now as the base of the Switcher's wall clock."""
+        self.pending |= self.STAMP
+
+    def halt(self) -> None:
+        """Halt in the Switcher instead of resuming the guest."""
+        self.pending |= self.HALT
 
     def publish(self) -> None:
         """Write the requests for the coming resume. Always writes the flags

@@ -41,6 +41,13 @@ CDEF = r"""
 #define KVM_CAP_READONLY_MEM ...
 #define KVM_CAP_GET_TSC_KHZ ...
 #define KVM_CAP_IOEVENTFD ...
+#define KVM_CAP_SPLIT_IRQCHIP ...
+#define KVM_CAP_SIGNAL_MSI ...
+#define KVM_CAP_HALT_POLL ...
+#define KVM_ENABLE_CAP ...
+#define KVM_GET_LAPIC ...
+#define KVM_SET_LAPIC ...
+#define KVM_GET_MSRS ...
 #define KVM_EXIT_UNKNOWN ...
 #define KVM_EXIT_EXCEPTION ...
 #define KVM_EXIT_IO ...
@@ -137,6 +144,17 @@ struct kvm_interrupt {
     __u32 irq;
 };
 
+struct kvm_enable_cap {
+    __u32 cap;
+    __u32 flags;
+    __u64 args[4];
+    ...;
+};
+
+struct kvm_lapic_state {
+    char regs[1024];
+};
+
 struct kvm_ioeventfd {
     __u64 datamatch;
     __u64 addr;
@@ -195,6 +213,12 @@ uint64_t shim_run_fail_reason(struct kvm_run *run);
 
 SOURCE = r"""
 #include "kvm_shim.h"
+
+/* Newer than some distributions' headers; the kernel says at run time
+   whether it has them (KVM_CHECK_EXTENSION). */
+#ifndef KVM_CAP_HALT_POLL
+#define KVM_CAP_HALT_POLL 182
+#endif
 
 /* The anonymous union in kvm_run is reached through these tiny accessors;
    the typedefs give its members names cffi can verify. */

@@ -195,8 +195,26 @@ static void poke(struct shim_vcpu *v, volatile int *flag)
         pthread_kill((pthread_t)v->vcpu_thread, kick_signal());
 }
 
+/*
+ * With the local APIC in KVM (Machine, "the clock in the VM") a kick is an
+ * MSI to it: KVM makes the vCPU take the kick vector at its next
+ * instruction boundary with IF set, waking it from a `hlt` if need be, and
+ * the run loop never sees it. KVM_INTERRUPT is not used in that mode.
+ */
 void shim_vcpu_kick(struct shim_vcpu *v)
 {
+    if (v->msi_kick) {
+        struct kvm_msi msi;
+
+        memset(&msi, 0, sizeof(msi));
+        msi.address_lo = 0xFEE00000;           /* physical destination, APIC ID 0 */
+        msi.data = v->kick_vector;             /* fixed delivery, edge */
+        if (ioctl(v->vm_fd, KVM_SIGNAL_MSI, &msi) >= 0) {
+            __atomic_add_fetch(&v->msi_kicks, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        /* Cannot happen once the LAPIC is set up; never lose the kick. */
+    }
     poke(v, &v->kick_pending);
 }
 

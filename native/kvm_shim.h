@@ -21,6 +21,8 @@ struct shim_vcpu {
     struct kvm_run *run;          /* its mmap()ed kvm_run page */
     long run_size;
     uint32_t kick_vector;         /* interrupt vector a kick injects */
+    int vm_fd;                    /* for KVM_SIGNAL_MSI */
+    int msi_kick;                 /* 1: the LAPIC is in KVM, a kick is an MSI */
     volatile int kick_pending;    /* set by kick(), consumed by the run loop */
     volatile int stop_pending;    /* set by stop(): return to Python, whatever the guest does */
     volatile int thread_valid;    /* vcpu_thread below is meaningful */
@@ -29,6 +31,7 @@ struct shim_vcpu {
     uint64_t kicks_injected;
     uint64_t window_exits;
     uint64_t eintr_exits;
+    uint64_t msi_kicks;           /* kicks sent as an MSI (in-kernel LAPIC) */
 };
 
 long shim_open(const char *path);

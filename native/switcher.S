@@ -88,18 +88,111 @@
         .set SW_LDATA_WINDOW,   SW_BASE + 0x9000 /* 2 pages, mapped onto lguest_data */
         .set SW_FAST_BUSY,      SW_REGPAGE + 0x20
         .set SW_FAST_COUNT,     SW_REGPAGE + 0x24
+/*
+ * #GP(0) that Host.on_general_protection would answer alone: `in`/`out` at
+ * ring 1 to a port no device claims (reads all ones, writes dropped), `cli`
+ * at ring 1 (skipped), and CPUID where the Machine made it fault (answered
+ * from the table Python wrote once). Claimed ports: up to SW_IO_RANGES
+ * inclusive [first, last] pairs; a pair with last < first is unused.
+ */
+        .globl SW_IO_ON, SW_IO_CLAIMED, SW_IO_RANGES, SW_CPUID_N, SW_CPUID_TABLE
+        .globl SW_CPUID_MAX, SW_FAST_GPS
+        .set SW_IO_ON,          SW_FAST + 0x60
+        .set SW_CPUID_N,        SW_FAST + 0x64   /* entries in SW_CPUID_TABLE; 0: exit */
+        .set SW_IO_CLAIMED,     SW_FAST + 0x68
+        .set SW_IO_RANGES,      4
+        .set SW_CPUID_TABLE,    SW_TSS + 0x800   /* function index flags eax ebx ecx edx */
+        .set SW_CPUID_MAX,      (0x1000 - 0x800) / 28
+        .set SW_FAST_GPS,       SW_REGPAGE + 0xEC
+/* The same for system calls through an interrupt gate (Linux 4.x's int $0x80). */
+        .globl SW_FAST_SYS_HANDLER, SW_FAST_SYSCALLS
+        .set SW_FAST_SYS_HANDLER, SW_FAST + 0x50  /* 0: every system call exits */
+        .set SW_FAST_SYSCALLS,  SW_REGPAGE + 0xE8
+
+/*
+ * ---- The clock in the VM (docs/architecture.md, "The clock in the VM") ----
+ * With the local APIC in KVM (x2APIC mode, set up by launcher/machine.py),
+ * the guest's clock event is the APIC timer: SET_CLOCKEVENT writes its
+ * count (one count is one nanosecond: KVM's APIC bus runs at 1 GHz and the
+ * divider is 1), its expiry is vector SW_TIMER_VECTOR, delivered here as
+ * the guest's IRQ 0, and HALT is a real `hlt`, so KVM parks the vCPU until
+ * an interrupt. All of it is what Python does (launcher/host/clockfast.py
+ * publishes the facts below and stays the reference path); whenever a case
+ * is not plainly the common one, we leave for Python instead.
+ * Python's facts, in the GDT page (read-only to the guest):
+ */
+        .globl SW_APIC_ON, SW_CLK_ON, SW_TICK_HANDLER, SW_TICK_IGATE, SW_BLOCKED_AT
+        .globl SW_IRQPEND_AT, SW_NOIRQ_START, SW_NOIRQ_END, SW_NOIRQ_IRET, SW_HSTATUS_AT
+        .globl SW_TIME_AT, SW_TSC_MULT, SW_NS_BASE, SW_FAST_END
+        .set SW_APIC_ON,        SW_FAST + 0x1C   /* the LAPIC is KVM's: EOI what we take */
+        .set SW_CLK_ON,         SW_FAST + 0x20   /* the fast clock, HALT and tick */
+        .set SW_TICK_HANDLER,   SW_FAST + 0x24   /* the guest's gate 32 (IRQ 0); 0: none */
+        .set SW_TICK_IGATE,     SW_FAST + 0x28
+        .set SW_BLOCKED_AT,     SW_FAST + 0x2C   /* lguest_data fields, in the window */
+        .set SW_IRQPEND_AT,     SW_FAST + 0x30
+        .set SW_NOIRQ_START,    SW_FAST + 0x34   /* G1/G2 iret window [start, end) */
+        .set SW_NOIRQ_END,      SW_FAST + 0x38
+        .set SW_NOIRQ_IRET,     SW_FAST + 0x3C   /* G3's final iret, or ~0 */
+        .set SW_HSTATUS_AT,     SW_FAST + 0x40   /* the async ring's status bytes */
+        .set SW_TIME_AT,        SW_FAST + 0x44   /* lguest_data.time */
+        .set SW_TSC_MULT,       SW_FAST + 0x48   /* ns per TSC tick << 24 */
+        .set SW_NS_BASE,        SW_FAST + 0x54   /* u64: wall-clock ns at SW_TSC_BASE */
+/*
+ * SET_PTE (what PageTables.set_pte checks and does): an entry outside our
+ * region, not a large page, its frame below SW_PTE_LIMIT, then `invlpg`
+ * if the table is the current one or the address the kernel's.
+ */
+        .globl SW_HCALL_ON, SW_PTE_MODE, SW_PTE_LIMIT, SW_KERNEL_ADDR, SW_PT_CR3, SW_FAST_PTES
+        .set SW_HCALL_ON,       SW_FAST + 0x88   /* lguest_data is in the window */
+        .set SW_PTE_MODE,       SW_FAST + 0x8C   /* 0: Python; 1: two-level; 2: PAE */
+        .set SW_PTE_LIMIT,      SW_FAST + 0x90   /* the end of RAM and device pages */
+        .set SW_KERNEL_ADDR,    SW_FAST + 0x94
+        .set SW_PT_CR3,         SW_FAST + 0x98   /* the table Python last loaded */
+        .set SW_FAST_PTES,      SW_REGPAGE + 0xF0
+        .set SW_FAST_END,       SW_FAST + 0xA0
+        .set LHCALL_SET_PTE,    14
+        .set PTE_P,             0x1
+        .set PTE_PS,            0x80
+/* Ours and Python's, in the register page: */
+        .globl SW_CLK_PENDING, SW_HOST_PENDING, SW_HCALL_NEXT, SW_REQ_TMICT, SW_TSC_BASE
+        .globl SW_HALTED, SW_FAST_CLOCKEVENTS, SW_FAST_HALTS, SW_FAST_TICKS
+        .globl SW_TIMER_VECTOR, SW_SPURIOUS_VECTOR
+        .set SW_CLK_PENDING,    SW_REGPAGE + 0xC0   /* IRQ 0 raised, not delivered: Python takes it */
+        .set SW_HOST_PENDING,   SW_REGPAGE + 0xC4   /* Python's pending IRQs at the last resume */
+        .set SW_HCALL_NEXT,     SW_REGPAGE + 0xC8   /* Python's async-ring cursor */
+        .set SW_REQ_TMICT,      SW_REGPAGE + 0xCC   /* for REQ_ARM_TIMER */
+        .set SW_TSC_BASE,       SW_REGPAGE + 0xD0   /* u64, for REQ_STAMP */
+        .set SW_HALTED,         SW_REGPAGE + 0xD8   /* 1: the guest is in HALT (Python reads) */
+        .set SW_FAST_CLOCKEVENTS, SW_REGPAGE + 0xDC
+        .set SW_FAST_HALTS,     SW_REGPAGE + 0xE0
+        .set SW_FAST_TICKS,     SW_REGPAGE + 0xE4
+        .set SW_TIMER_VECTOR,   0xEF
+        .set SW_SPURIOUS_VECTOR, 0xFF
+        .set MSR_X2APIC_EOI,    0x80B
+        .set MSR_X2APIC_TMICT,  0x838
+        .set LHCALL_SET_CLOCKEVENT, 9
+        .set LHCALL_HALT,       10
+        .set LHCALL_RING_SIZE,  64
+        .set SYSCALL_VECTOR,    0x80
+        .set HELD_BACK_NS,      2000000   /* Python's HELD_BACK_KICK_NS */
+        .set NSEC_PER_SEC,      1000000000
 
         .set GUEST_CS_SEL,  (12 * 8) | 1
+        .set LGUEST_TRAP_ENTRY_VEC, 0x1F
         .set EFLAGS_IF,     0x200
         .set EFLAGS_CLEAR,  0x100 | 0x4000 | 0x10000 | 0x20000   /* TF NT RF VM */
 
         .globl REQ_LOAD_CR3, REQ_FLUSH, REQ_INVLPG, REQ_SET_TS, REQ_CLEAR_TS, REQ_ENABLE_PAE
+        .globl REQ_ARM_TIMER, REQ_STAMP, REQ_HALT
         .set REQ_LOAD_CR3,   0x01   /* mov SW_REQ_CR3 -> cr3 (flushes non-global) */
         .set REQ_FLUSH,      0x02   /* reload cr3: with CR4.PGE off this drops all */
         .set REQ_INVLPG,     0x04   /* invlpg each of SW_REQ_INVLPG[0..n) */
         .set REQ_SET_TS,     0x08
         .set REQ_CLEAR_TS,   0x10
         .set REQ_ENABLE_PAE, 0x20   /* paging off, CR4.PAE on (PSE off), cr3, paging on */
+        .set REQ_ARM_TIMER,  0x40   /* APIC timer count = SW_REQ_TMICT */
+        .set REQ_STAMP,      0x80   /* SW_TSC_BASE = now: Python just set SW_NS_BASE */
+        .set REQ_HALT,       0x100  /* halt instead of resuming (HALT, nothing pending) */
 
         .set CR0_PG, 0x80000000
         .set CR0_TS, 0x00000008
@@ -109,7 +202,7 @@
         .text
         .globl switcher_entries, switcher_common, switcher_resume
         .globl restore_gs, restore_fs, restore_ds, restore_es, restore_iret
-        .globl switcher_fault, bench_out_loop, fast_page_fault
+        .globl switcher_fault, bench_out_loop, fast_page_fault, halt_woken
 
 /*
  * ---- 256 entry stubs, 16 bytes apart ----
@@ -157,14 +250,25 @@ switcher_common:
         movl $LGUEST_DS, %eax
         movl %eax, %ds
         movl %eax, %es
+        movl 44(%esp), %eax         /* the trap number */
         /* Python needs cr2 for a page fault; only the Switcher can read it. */
-        cmpl $14, 44(%esp)
+        cmpl $14, %eax
         jne 1f
         movl %cr2, %eax
         movl %eax, SW_EXIT_CR2
         cmpl $0, SW_FAST_ON
         jne fast_page_fault
-1:      outb %al, $SW_EXIT_PORT
+        jmp exit_to_host
+1:      cmpl $LGUEST_TRAP_ENTRY_VEC, %eax
+        je fast_hypercall
+        cmpl $SYSCALL_VECTOR, %eax
+        je fast_syscall
+        cmpl $13, %eax
+        je fast_gp
+        cmpl $0, SW_APIC_ON
+        jne apic_dispatch
+exit_to_host:
+        outb %al, $SW_EXIT_PORT
         /* KVM_RUN resumed us: Python has rewritten the frame and the requests. */
 switcher_resume:
         movl SW_REQ_FLAGS, %ebx
@@ -197,7 +301,16 @@ restore_iret:
  */
 do_requests:
         movl $0, SW_REQ_FLAGS
-        testl $REQ_ENABLE_PAE, %ebx
+        testl $REQ_STAMP, %ebx
+        jz 1f
+        rdtsc
+        movl %eax, SW_TSC_BASE
+        movl %edx, SW_TSC_BASE + 4
+1:      testl $REQ_ARM_TIMER, %ebx
+        jz 1f
+        movl SW_REQ_TMICT, %eax
+        call apic_arm
+1:      testl $REQ_ENABLE_PAE, %ebx
         jz 2f
         /*
          * CR4.PAE cannot change while paging is on. We run at virtual ==
@@ -247,65 +360,428 @@ do_requests:
         orl $CR0_TS, %eax
         movl %eax, %cr0
 9:      testl $REQ_CLEAR_TS, %ebx
-        jz restore
+        jz 10f
         clts
+10:     testl $REQ_HALT, %ebx
+        jnz halt_now
         jmp restore
 
 /*
- * ---- Reflecting a page fault without leaving the VM ----
- * What Traps.deliver does in Python, for #PF only: cr2 into lguest_data,
- * then the frame the CPU would have pushed for a gate to the guest's
- * handler (ring 3: onto the ring-1 stack, old ss:esp first; eflags.IF
- * mirroring irq_enabled; the error code last), and iret into the handler.
- * Only the guest-stack stores can fault (a hostile or broken guest's
- * stack): SW_FAST_BUSY makes such a fault abandon the fast path and leave
- * through the ordinary exit with the frame untouched, so Python decides.
- * Registers: esi = new guest esp, edx = its ss.
+ * ---- Entering a guest handler without leaving the VM ----
+ * What Traps.deliver does in Python: the frame the CPU would have pushed
+ * for a gate to the guest's handler (from ring 3: onto the ring-1 stack,
+ * old ss:esp first; eflags.IF mirroring irq_enabled; an error code last if
+ * there is one), irq_enabled cleared for an interrupt gate, and the saved
+ * frame pointed at the handler. Only the guest-stack stores can fault (a
+ * hostile or broken guest's stack): SW_FAST_BUSY makes such a fault abandon
+ * the fast path and leave through the ordinary exit with the frame
+ * untouched, so Python decides.
+ * In: ebx = the handler, ebp = nonzero for an interrupt gate, ecx = 1 to
+ * push the error code. The saved registers are addressed absolutely
+ * (SW_REGS + n), as this is called. Clobbers eax, edx, esi, edi.
  */
-fast_page_fault:
-        movl SW_FAST_CR2_AT, %edi
-        movl %eax, (%edi)               /* lguest_data.cr2 (window: cannot fault) */
+fast_deliver:
         movl $1, SW_FAST_BUSY
-        testl $2, 56(%esp)              /* cs RPL 3 (not 1): from user mode */
+        testl $2, SW_REGS + 56          /* cs RPL 3 (not 1): from user mode */
         jz 2f
         movl SW_FAST_ESP1, %esi
         testl %esi, %esi
         jz fast_abort                   /* no ring-1 stack yet */
+        call check_guest_stack
         movl SW_FAST_SS1, %edx
-        movl 68(%esp), %eax             /* the old ss and esp go first */
+        movl SW_REGS + 68, %eax         /* the old ss and esp go first */
         movl %eax, -4(%esi)
-        movl 64(%esp), %eax
+        movl SW_REGS + 64, %eax
         movl %eax, -8(%esi)
         subl $8, %esi
         jmp 3f
-2:      movl 64(%esp), %esi
-        movl 68(%esp), %edx
-3:      movl 60(%esp), %eax
+2:      movl SW_REGS + 64, %esi
+        call check_guest_stack
+        movl SW_REGS + 68, %edx
+3:      movl SW_REGS + 60, %eax
         movl SW_FAST_IRQ_AT, %edi
         testl $EFLAGS_IF, (%edi)
         jnz 4f
         andl $~EFLAGS_IF, %eax
 4:      movl %eax, -4(%esi)             /* eflags */
-        movl 56(%esp), %eax
+        movl SW_REGS + 56, %eax
         movl %eax, -8(%esi)             /* cs */
-        movl 52(%esp), %eax
+        movl SW_REGS + 52, %eax
         movl %eax, -12(%esi)            /* eip */
-        movl 48(%esp), %eax
-        movl %eax, -16(%esi)            /* error code */
-        subl $16, %esi
+        subl $12, %esi
+        testl %ecx, %ecx
+        jz 5f
+        movl SW_REGS + 48, %eax
+        movl %eax, -4(%esi)             /* error code */
+        subl $4, %esi
         /* Every store landed: from here nothing can fault. */
-        movl $0, SW_FAST_BUSY
-        movl %esi, 64(%esp)
-        movl %edx, 68(%esp)
-        movl $GUEST_CS_SEL, 56(%esp)
-        movl SW_FAST_HANDLER, %eax
-        movl %eax, 52(%esp)
-        andl $~EFLAGS_CLEAR, 60(%esp)
-        cmpl $0, SW_FAST_IGATE
-        je 5f
+5:      movl $0, SW_FAST_BUSY
+        movl %esi, SW_REGS + 64
+        movl %edx, SW_REGS + 68
+        movl $GUEST_CS_SEL, SW_REGS + 56
+        movl %ebx, SW_REGS + 52
+        andl $~EFLAGS_CLEAR, SW_REGS + 60
+        testl %ebp, %ebp
+        jz 6f
         movl $0, (%edi)                 /* an interrupt gate: irq_enabled = 0 */
-5:      incl SW_FAST_COUNT
+6:      ret
+
+/*
+ * The frame (at most 6 words) must lie below the Switcher's region and not
+ * wrap: a guest stack pointer there would have us write our own pages.
+ * Python's push refuses such a stack too, so leave it to Python.
+ */
+check_guest_stack:
+        cmpl $SW_BASE, %esi
+        ja fast_abort
+        cmpl $24, %esi
+        jb fast_abort
+        ret
+
+/* ---- A page fault: cr2 (in eax) into lguest_data, then the guest's #PF handler ---- */
+fast_page_fault:
+        movl SW_FAST_CR2_AT, %edi
+        movl %eax, (%edi)               /* lguest_data.cr2 (window: cannot fault) */
+        movl SW_FAST_HANDLER, %ebx
+        movl SW_FAST_IGATE, %ebp
+        movl $1, %ecx
+        call fast_deliver
+        incl SW_FAST_COUNT
         jmp restore
+
+/*
+ * ---- #GP(0): port I/O, cli, CPUID (Host.emulate_io and emulate_cpuid) ----
+ * Reading the instruction can fault (an unmapped eip): SW_FAST_BUSY turns
+ * that into the ordinary exit, and Python reads it again and decides.
+ */
+fast_gp:
+        cmpl $0, SW_IO_ON
+        je exit_to_host
+        cmpl $0, SW_REGS + 48           /* error code 0 only */
+        jne exit_to_host
+        movl SW_REGS + 52, %esi         /* eip */
+        cmpl $SW_BASE - 4, %esi         /* never our own pages */
+        jae exit_to_host
+        movl $1, SW_FAST_BUSY
+        movzwl (%esi), %eax
+        cmpl $0xA20F, %eax              /* 0f a2: cpuid, from ring 1 or 3 */
+        je fast_cpuid
+        testl $2, SW_REGS + 56          /* the rest only at ring 1 */
+        jnz fast_gp_exit
+        xorl %ecx, %ecx                 /* ecx: prefix bytes */
+        movl $4, %edi                   /* edi: operand size */
+        movzbl %al, %eax
+        cmpl $0x66, %eax
+        jne 1f
+        movl $1, %ecx
+        movl $2, %edi
+        movzbl 1(%esi), %eax
+1:      leal 1(%ecx), %ebp              /* ebp: instruction length */
+        cmpl $0xFA, %eax                /* cli: the guest's IF is virtual */
+        je 6f
+        movl %eax, %ebx
+        andl $0xFC, %ebx
+        cmpl $0xEC, %ebx                /* ec-ef: the port in dx */
+        jne 2f
+        movzwl SW_REGS + 12, %edx
+        jmp 3f
+2:      cmpl $0xE4, %ebx                /* e4-e7: an imm8 port */
+        jne fast_gp_exit
+        movzbl 1(%esi,%ecx), %edx
+        incl %ebp
+3:      movl $0, SW_FAST_BUSY           /* every byte read */
+        testl $1, %eax
+        jnz 4f
+        movl $1, %edi                   /* in/out of a byte */
+4:      movl $SW_IO_CLAIMED, %ebx       /* a port a device claims: Python */
+        movl $SW_IO_RANGES, %ecx
+5:      cmpl (%ebx), %edx
+        jb 7f
+        cmpl 4(%ebx), %edx
+        jbe exit_to_host
+7:      addl $8, %ebx
+        decl %ecx
+        jnz 5b
+        testl $2, %eax                  /* out: dropped */
+        jnz 6f
+        movl $0xFF, %eax                /* in: all ones, as wide as asked */
+        cmpl $1, %edi
+        je 8f
+        movl $0xFFFF, %eax
+        cmpl $2, %edi
+        je 8f
+        movl $0xFFFFFFFF, %eax
+8:      orl %eax, SW_REGS + 0
+6:      movl $0, SW_FAST_BUSY
+        addl %ebp, SW_REGS + 52         /* past the instruction */
+        incl SW_FAST_GPS
+        jmp restore
+
+fast_gp_exit:
+        movl $0, SW_FAST_BUSY
+        jmp exit_to_host
+
+/* The first entry for the leaf (and subleaf, if it has them); zeros if none. */
+fast_cpuid:
+        movl $0, SW_FAST_BUSY
+        movl SW_CPUID_N, %ecx
+        testl %ecx, %ecx
+        jz exit_to_host
+        cmpl $SW_CPUID_MAX, %ecx
+        ja exit_to_host
+        movl $SW_CPUID_TABLE, %ebx
+        movl SW_REGS + 0, %eax          /* leaf */
+        movl SW_REGS + 8, %edx          /* subleaf */
+1:      cmpl (%ebx), %eax
+        jne 2f
+        testl $1, 8(%ebx)               /* KVM_CPUID_FLAG_SIGNIFCANT_INDEX */
+        jz 3f
+        cmpl 4(%ebx), %edx
+        je 3f
+2:      addl $28, %ebx
+        decl %ecx
+        jnz 1b
+        xorl %eax, %eax
+        movl %eax, SW_REGS + 0
+        movl %eax, SW_REGS + 4
+        movl %eax, SW_REGS + 8
+        movl %eax, SW_REGS + 12
+        jmp 4f
+3:      movl 12(%ebx), %eax
+        movl %eax, SW_REGS + 0
+        movl 16(%ebx), %eax
+        movl %eax, SW_REGS + 4
+        movl 20(%ebx), %eax
+        movl %eax, SW_REGS + 8
+        movl 24(%ebx), %eax
+        movl %eax, SW_REGS + 12
+4:      addl $2, SW_REGS + 52
+        incl SW_FAST_GPS
+        jmp restore
+
+/* ---- A system call through an interrupt gate: the guest's handler, interrupts off ---- */
+fast_syscall:
+        movl SW_FAST_SYS_HANDLER, %ebx
+        testl %ebx, %ebx
+        jz exit_to_host
+        movl $1, %ebp
+        xorl %ecx, %ecx
+        call fast_deliver
+        incl SW_FAST_SYSCALLS
+        jmp restore
+
+/*
+ * ---- With the LAPIC in KVM: hypercalls, interrupts and the tick ----
+ * eax = the trap number. An interrupt from the LAPIC must be acknowledged
+ * (EOI) here, as only we can; spurious ones need none, and the system-call
+ * vector and CPU exceptions are not interrupts.
+ */
+apic_dispatch:
+        cmpl $32, %eax
+        jb exit_to_host
+        cmpl $SYSCALL_VECTOR, %eax
+        je exit_to_host
+        cmpl $SW_SPURIOUS_VECTOR, %eax
+        je exit_to_host
+        call apic_eoi
+        cmpl $SW_TIMER_VECTOR, SW_REGS + 44
+        jne exit_to_host                /* the kick: Python delivers */
+        movl $1, SW_CLK_PENDING
+        jmp fast_tick
+
+/*
+ * SET_CLOCKEVENT, HALT and SET_PTE, when nothing else needs Python: no
+ * queued async hypercalls (Python runs those first, in order) and no
+ * interrupt Python or the clock could deliver now (Python would deliver it
+ * at this exit). Anything else (and every other call) goes to Python.
+ */
+fast_hypercall:
+        cmpl $0, SW_HCALL_ON
+        je exit_to_host
+        movl SW_HCALL_NEXT, %ecx
+        andl $LHCALL_RING_SIZE - 1, %ecx
+        addl SW_HSTATUS_AT, %ecx
+        cmpb $0xFF, (%ecx)              /* window: cannot fault */
+        jne exit_to_host
+        movl SW_HOST_PENDING, %eax
+        orl SW_CLK_PENDING, %eax
+        movl SW_BLOCKED_AT, %edi
+        movl (%edi), %ecx
+        notl %ecx
+        testl %ecx, %eax
+        jnz exit_to_host
+        movl SW_REGS + 0, %eax          /* the call number */
+        cmpl $LHCALL_SET_PTE, %eax
+        je fast_set_pte
+        cmpl $0, SW_CLK_ON
+        je exit_to_host
+        cmpl $LHCALL_SET_CLOCKEVENT, %eax
+        je fast_clockevent
+        cmpl $LHCALL_HALT, %eax
+        jne exit_to_host
+        incl SW_FAST_HALTS
+        jmp halt_now
+
+/* SET_PTE(top, vaddr, low, high): see SW_PTE_MODE above. */
+fast_set_pte:
+        movl SW_PTE_MODE, %ebp
+        testl %ebp, %ebp
+        jz exit_to_host
+        movl SW_REGS + 8, %edi          /* ecx: the virtual address */
+        cmpl $SW_BASE, %edi
+        jae exit_to_host                /* Python refuses it */
+        movl SW_REGS + 12, %eax         /* edx: the entry (its low word) */
+        testl $PTE_P, %eax
+        jz 2f
+        testl $PTE_PS, %eax
+        jnz exit_to_host
+        cmpl $2, %ebp
+        jne 1f
+        testl $0x000FFFFF, SW_REGS + 16 /* esi, PAE: a frame above 4 GiB */
+        jnz exit_to_host
+1:      andl $0xFFFFF000, %eax
+        cmpl SW_PTE_LIMIT, %eax
+        jae exit_to_host
+2:      movl SW_REGS + 4, %eax          /* ebx: the table's top */
+        cmpl SW_PT_CR3, %eax
+        je 3f
+        cmpl SW_KERNEL_ADDR, %edi
+        jb 4f
+3:      invlpg (%edi)
+4:      incl SW_FAST_PTES
+        jmp restore
+
+fast_clockevent:
+        movl SW_REGS + 4, %eax          /* ebx: nanoseconds from now; 0 stops it */
+        call apic_arm
+        incl SW_FAST_CLOCKEVENTS
+        jmp restore
+
+/*
+ * HALT is "sti; hlt" for the guest: sleep until an interrupt. The one that
+ * wakes us arrives through its stub at ring 0 with eip = halt_woken, so
+ * switcher_fault sends it to halt_wake. esp is SW_REGS: the wake-up's frame
+ * goes below the guest's saved registers.
+ */
+halt_now:
+        movl $1, SW_HALTED
+        sti
+        hlt
+halt_woken:
+        cli                             /* not reached: see halt_wake */
+        jmp halt_now
+
+halt_wake:
+        movl (%esp), %eax               /* the vector that woke us */
+        movl $SW_REGS, %esp             /* drop the ring-0 frame */
+        movl %eax, SW_REGS + 44         /* Python sees what woke the guest, not HALT */
+        cmpl $SW_SPURIOUS_VECTOR, %eax
+        je exit_to_host                 /* SW_HALTED tells Python to halt again */
+        call apic_eoi
+        cmpl $SW_TIMER_VECTOR, SW_REGS + 44
+        jne exit_to_host                /* a kick: Python delivers, as a halted guest */
+        movl $1, SW_CLK_PENDING
+        /* fall through */
+
+/*
+ * IRQ 0 is pending (SW_CLK_PENDING): deliver it as Interrupts.deliver
+ * would, or hold it back while the guest's interrupts are off (asking for
+ * SEND_INTERRUPTS and looking again in 2 ms, as Python's clock thread
+ * does), or leave for Python in every less common case.
+ */
+fast_tick:
+        cmpl $0, SW_CLK_ON
+        je exit_to_host
+        movl SW_TICK_HANDLER, %ebx
+        testl %ebx, %ebx
+        jz exit_to_host                 /* no gate 32 yet */
+        movl SW_BLOCKED_AT, %edi
+        testl $1, (%edi)
+        jnz exit_to_host                /* IRQ 0 masked */
+        movl SW_REGS + 52, %eax         /* the guest's eip */
+        cmpl SW_NOIRQ_IRET, %eax
+        je exit_to_host
+        cmpl SW_NOIRQ_START, %eax
+        jb 1f
+        cmpl SW_NOIRQ_END, %eax
+        jb exit_to_host                 /* in the iret window: Python waits */
+1:      movl SW_FAST_IRQ_AT, %edi
+        cmpl $0, SW_HALTED
+        je 2f
+        movl $EFLAGS_IF, (%edi)         /* waking from HALT turns interrupts on */
+        jmp 3f
+2:      testl $EFLAGS_IF, (%edi)
+        jnz 3f
+        movl SW_IRQPEND_AT, %edi        /* held back */
+        movl $EFLAGS_IF, (%edi)
+        movl $HELD_BACK_NS, %eax
+        call apic_arm
+        jmp restore
+3:      movl SW_TICK_IGATE, %ebp
+        xorl %ecx, %ecx
+        call fast_deliver
+        movl $0, SW_CLK_PENDING
+        movl $0, SW_HALTED
+        incl SW_FAST_TICKS
+        call write_time
+        movl SW_BLOCKED_AT, %edi        /* nothing else deliverable: irq_pending off */
+        movl (%edi), %ecx
+        notl %ecx
+        testl SW_HOST_PENDING, %ecx
+        jnz restore
+        movl SW_IRQPEND_AT, %edi
+        movl $0, (%edi)
+        jmp restore
+
+/*
+ * lguest_data.time = the wall clock, as Host.set_wallclock writes it at
+ * every delivery: SW_NS_BASE + (tsc - SW_TSC_BASE) * SW_TSC_MULT >> 24,
+ * split into seconds and nanoseconds. A TSC gone backwards or a base from
+ * a far future would not fit the division: then the time is left alone.
+ */
+write_time:
+        rdtsc
+        subl SW_TSC_BASE, %eax
+        sbbl SW_TSC_BASE + 4, %edx
+        js 9f
+        movl %edx, %ecx                 /* delta = ecx:eax */
+        mull SW_TSC_MULT                /* low word * mult */
+        shrdl $24, %edx, %eax
+        shrl $24, %edx
+        movl %eax, %esi                 /* edi:esi = that >> 24 */
+        movl %edx, %edi
+        movl %ecx, %eax
+        mull SW_TSC_MULT                /* high word * mult, << 32 >> 24 */
+        shldl $8, %eax, %edx
+        shll $8, %eax
+        addl %eax, %esi
+        adcl %edx, %edi
+        addl SW_NS_BASE, %esi
+        adcl SW_NS_BASE + 4, %edi
+        movl $NSEC_PER_SEC, %ecx
+        cmpl %ecx, %edi
+        jae 9f                          /* the quotient would not fit */
+        movl %esi, %eax
+        movl %edi, %edx
+        divl %ecx                       /* eax = seconds, edx = nanoseconds */
+        movl SW_TIME_AT, %edi
+        movl %eax, (%edi)
+        movl %edx, 4(%edi)
+9:      ret
+
+/* The LAPIC, in x2APIC mode: MSRs, which KVM handles without leaving the kernel. */
+apic_eoi:
+        movl $MSR_X2APIC_EOI, %ecx
+        xorl %eax, %eax
+        xorl %edx, %edx
+        wrmsr
+        ret
+
+apic_arm:                               /* eax = nanoseconds; 0 stops the timer */
+        movl $MSR_X2APIC_TMICT, %ecx
+        xorl %edx, %edx
+        wrmsr
+        ret
 
 /* The fast path cannot finish: take the ordinary exit, frame intact. */
 fast_abort:
@@ -318,7 +794,11 @@ switcher_fault:
         movl $LGUEST_DS, %eax       /* ds may be the bad selector */
         movl %eax, %ds
         movl %eax, %es
-        cmpl $0, SW_FAST_BUSY       /* a guest-stack store of the fast path */
+        cmpl $halt_woken, 8(%esp)   /* an interrupt ended our HALT */
+        jne 11f
+        cmpl $32, (%esp)
+        jae halt_wake
+11:     cmpl $0, SW_FAST_BUSY       /* a guest-stack store of the fast path */
         jne fast_abort
         popl %eax
         movl %eax, SW_FAULT_VECTOR

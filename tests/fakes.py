@@ -55,7 +55,8 @@ class FakeMachine:
         first = (self.image.SW_REGS - self.image.SW_REGPAGE) // 4
         self.regs = self.regpage[first:first + NREGS]
         self.requests = RequestArea(self.image, self.regpage)
-        self.fast_params = memoryview(bytearray(64)).cast("I")
+        self.fast_params = memoryview(
+            bytearray(self.image.SW_FAST_END - self.image.SW_FAST)).cast("I")
         self.windows: list[tuple[int, int]] = []
         self.vcpu = FakeVcpu()
         self.tsc_khz = 1_000_000

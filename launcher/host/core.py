@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import GuestFault
+from ..fastpaths import choose
 from ..kvm import EXIT_NAMES, KvmError, lib
 from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY, X86_EFLAGS_IF, Machine
 from ..switcher import (CS, DS, EAX, EBP, EBX, ECX, EDI, EDX, EFLAGS, EIP, ERRCODE, ES, ESI,
                         FS, GS, SS, TRAPNUM, PAGE)
 from . import hypercalls as H
 from .asyncring import AsyncRing
+from .clockfast import ClockInVm
 from .fastpath import FastPath
 from .interrupts import Interrupts
 from .lguest_data import G2, LguestData, LguestDataLayout
@@ -65,7 +67,7 @@ class Host:
     """The lguest Host for one guest on one ``Machine``."""
 
     def __init__(self, machine: Machine, layout: LguestDataLayout = G2,
-                 pae: bool | None = None, fast_traps: bool = True) -> None:
+                 pae: bool | None = None, fast_traps: bool | None = None) -> None:
         self.machine = machine
         self.layout = layout
         self.lguest_data: LguestData | None = None
@@ -80,6 +82,8 @@ class Host:
         self.signals = 0              # KVM_RUNs cut short by a signal for Python
         self.mmio_exits = 0           # G3 device-register accesses
         self.fast_faults = 0          # #PFs the Switcher reflected (at the end of a run)
+        self.fast_syscalls = 0        # and system calls it delivered
+        self.fast_gps = 0             # and #GPs (port I/O, cli, CPUID) it answered
         self.hypercall_counts: Counter[int] = Counter()
         self.trap_counts: Counter[int] = Counter()
         self.ss1, self.esp1 = 0, 0
@@ -94,7 +98,8 @@ class Host:
         self.async_ring = AsyncRing(self)
         self.notify_map = NotifyMap()
         self.clock: ClockEvent | None = None      # started by LGUEST_INIT
-        self.fast = FastPath(self, fast_traps)    # #PF reflected by the Switcher
+        self.fast = FastPath(self, choose(fast_traps))    # #PF reflected by the Switcher
+        self.clock_vm = ClockInVm(self)           # clock, HALT, tick in the Switcher
         self.recorder: ExitRecorder | None = None # --stats / --trace
         self.ts_wanted = False
         pt = self.pagetables
@@ -195,8 +200,15 @@ class Host:
         """Stop the Host's threads; the run is over. Page faults the
         Switcher reflected never exited: --stats lists them apart."""
         self.fast_faults = self.fast.count
-        if self.recorder is not None and self.fast_faults:
-            self.recorder.fast_faults += self.fast_faults
+        self.fast_syscalls = self.fast.syscalls
+        self.fast_gps = self.fast.gps
+        if self.recorder is not None:
+            self.recorder.in_vm["page faults reflected"] += self.fast_faults
+            self.recorder.in_vm["system calls delivered"] += self.fast.syscalls
+            self.recorder.in_vm["port I/O, cli and CPUID answered"] += self.fast.gps
+            self.recorder.in_vm["SET_PTE"] += self.fast.ptes
+            if self.clock_vm.on:
+                self.recorder.in_vm.update(self.clock_vm.counts())
         if self.clock is not None:
             self.clock.stop()
             self.clock = None
@@ -212,7 +224,14 @@ class Host:
     def prepare_resume(self) -> None:
         # Runs before every resume: attribute lookups are kept to a minimum.
         self._clear_kick()
-        self.deliver_interrupts()
+        clock = self.clock_vm
+        if clock.on:
+            clock.take()
+            self.deliver_interrupts()
+            clock.halt_if_idle()
+        else:
+            self.deliver_interrupts()
+        self.fast.publish_state()
         self.validate_frame()
         self.requests.publish()
 
@@ -345,12 +364,15 @@ class Host:
         self.lguest_data = data
         self.async_ring.attach()
         self.fast.attach()
+        self.clock_vm.attach()
         self.clock = ClockEvent(self)
         self.interrupts.on_held_back = self.clock.wake
 
     def set_wallclock(self, data: LguestData) -> None:
         ns = time.time_ns()
         data.set_time(ns // 1_000_000_000, ns % 1_000_000_000)
+        if self.clock_vm.on:
+            self.clock_vm.rebase(ns)
 
     def hcall_shutdown(self, gpa: int, how: int, *_: int) -> None:
         """SHUTDOWN: poweroff ("Power down"), a panic (its text) or, with
@@ -399,8 +421,10 @@ class Host:
 
     def load_idt_entry(self, vector: int, low: int, high: int, _unused: int = 0) -> None:
         self.traps.load_idt_entry(vector, low, high)
-        if vector == 14:
+        if vector == 14 or vector == self.traps.syscall_vector:
             self.fast.update()
+        elif vector == 32 and self.clock_vm.on:
+            self.clock_vm.update_tick_gate()
 
     def set_ts(self, wanted: int) -> None:
         """TS: the guest's lazy-FPU wish for CR0.TS."""
@@ -408,10 +432,19 @@ class Host:
         self.requests.set_ts(self.ts_wanted)
 
     def set_clockevent(self, delta_ns: int) -> None:
-        self.clock.set(delta_ns)
+        if self.clock_vm.on:
+            self.clock_vm.set_clockevent(delta_ns)
+        else:
+            self.clock.set(delta_ns)
 
     def hcall_halt(self, *_: int) -> None:
-        self.interrupts.halt()
+        if self.clock_vm.on:
+            # The clock interrupt lives in KVM now, where a Python sleep
+            # would never hear it: delivery runs next, and with nothing to
+            # deliver the Switcher halts (ClockInVm.publish).
+            self.interrupts.halted = True
+        else:
+            self.interrupts.halt()
 
     def hcall_nop(self, *_args: int) -> None:
         """FLUSH_ASYNC and SEND_INTERRUPTS: their work is the side effects

@@ -1,4 +1,5 @@
-"""The page-fault fast path: #PF reflected by the Switcher, not by Python.
+"""The trap fast path: #PF (and system calls through an interrupt gate)
+reflected by the Switcher, not by Python.
 
 A ring-3 page fault is the commonest trap a guest takes, and all the Host
 does with it is copy cr2 into lguest_data and push the frame the CPU would
@@ -11,8 +12,12 @@ same without leaving the VM, given a few facts it reads from the GDT page
 - where lguest_data's cr2 and irq_enabled are, through a two-page window
   the Machine maps onto lguest_data (Machine.map_lguest_data).
 
+The same frame serves a system call through an interrupt gate: Linux 4.x
+makes `int $0x80` one, so it cannot be a direct trap, and without this
+every system call of a G3 guest would exit.
+
 ``FastPath.update`` rewrites them whenever one of those changes (INIT,
-LOAD_IDT_ENTRY 14, SET_STACK) and turns the path off when any is missing;
+LOAD_IDT_ENTRY 14 or 0x80, SET_STACK) and turns the path off when any is missing;
 ``--no-fast-traps`` keeps it off, so every #PF goes through Python, which
 stays the reference. A guest stack the Switcher cannot write makes it give
 up and exit as before, so Python decides what happens (usually: kill).
@@ -31,7 +36,9 @@ PF_VECTOR = 14
 
 class FastPath:
     FIELDS = ("SW_FAST_ON", "SW_FAST_HANDLER", "SW_FAST_IGATE", "SW_FAST_SS1",
-              "SW_FAST_ESP1", "SW_FAST_CR2_AT", "SW_FAST_IRQ_AT")
+              "SW_FAST_ESP1", "SW_FAST_CR2_AT", "SW_FAST_IRQ_AT", "SW_FAST_SYS_HANDLER",
+              "SW_IO_ON", "SW_CPUID_N", "SW_IO_CLAIMED", "SW_HCALL_ON", "SW_PTE_MODE",
+              "SW_PTE_LIMIT", "SW_KERNEL_ADDR", "SW_PT_CR3", "SW_BLOCKED_AT", "SW_HSTATUS_AT")
 
     def __init__(self, host: "Host", enabled: bool = True) -> None:
         self.host = host
@@ -43,8 +50,16 @@ class FastPath:
         regpage = image.SW_REGPAGE
         self.i_count = (image.SW_FAST_COUNT - regpage) // 4
         self.i_busy = (image.SW_FAST_BUSY - regpage) // 4
+        self.i_syscalls = (image.SW_FAST_SYSCALLS - regpage) // 4
+        self.i_gps = (image.SW_FAST_GPS - regpage) // 4
+        self.i_ptes = (image.SW_FAST_PTES - regpage) // 4
+        self.i_host_pending = (image.SW_HOST_PENDING - regpage) // 4
+        self.i_hcall_next = (image.SW_HCALL_NEXT - regpage) // 4
+        self._set("SW_HCALL_ON", 0)
+        self._set("SW_PTE_MODE", 0)
         self.window: int | None = None                   # lguest_data's address in it
         self._set("SW_FAST_ON", 0)
+        self.claim_ports([])
 
     def _set(self, name: str, value: int) -> None:
         self.words[self.index[name]] = value & 0xFFFFFFFF
@@ -54,21 +69,86 @@ class FastPath:
         """Page faults the Switcher reflected by itself."""
         return self.host.requests.words[self.i_count]
 
+    @property
+    def ptes(self) -> int:
+        """SET_PTEs it checked and carried out by itself."""
+        return self.host.requests.words[self.i_ptes]
+
+    def update_paging(self) -> None:
+        """SET_PTE in the Switcher: what PageTables.set_pte checks against.
+        Off until lguest_data is attached and the paging mode is known."""
+        host = self.host
+        pt = host.pagetables
+        on = self.enabled and self.window is not None and pt.pae is not None
+        self._set("SW_PTE_LIMIT", host.device_limit)
+        self._set("SW_KERNEL_ADDR", host.kernel_address)
+        self._set("SW_PT_CR3", pt.cr3 if pt.cr3 is not None else 0xFFFFFFFF)
+        self._set("SW_PTE_MODE", (2 if pt.pae else 1) if on else 0)
+
+    def publish_state(self) -> None:
+        """Every resume: what the Switcher checks before it answers a
+        hypercall alone (Python's pending IRQs, the async ring's cursor)."""
+        words = self.host.requests.words
+        words[self.i_host_pending] = self.host.interrupts.pending
+        words[self.i_hcall_next] = self.host.async_ring.cursor % 64
+
+    @property
+    def gps(self) -> int:
+        """#GPs (port I/O, cli, CPUID) it answered by itself."""
+        return self.host.requests.words[self.i_gps]
+
+    def claim_ports(self, ranges: list[tuple[int, int]]) -> None:
+        """The #GP path: on with the trap fast path; ports in ``ranges``
+        (inclusive) are a device's, so they always reach Python; CPUID is
+        answered where the Machine made it fault and copied its table."""
+        image = self.host.image
+        if len(ranges) > image.SW_IO_RANGES:
+            ranges = [(0, 0xFFFF)]                        # too many: every port to Python
+        at = self.index["SW_IO_CLAIMED"]
+        for i in range(image.SW_IO_RANGES):
+            first, last = ranges[i] if i < len(ranges) else (1, 0)
+            self.words[at + 2 * i], self.words[at + 2 * i + 1] = first, last
+        self._set("SW_CPUID_N", getattr(self.host.machine, "cpuid_in_switcher", 0)
+                  if self.enabled else 0)
+        self._set("SW_IO_ON", int(self.enabled))
+
+    @property
+    def syscalls(self) -> int:
+        """System calls (through an interrupt gate) it delivered by itself."""
+        return self.host.requests.words[self.i_syscalls]
+
     def attach(self) -> None:
         """At LGUEST_INIT: map lguest_data into the Switcher's window."""
         data = self.host.lguest_data
         self.window = self.host.machine.map_lguest_data(data.gpa, data.layout.size)
         self._set("SW_FAST_CR2_AT", self.window + data.layout.cr2)
         self._set("SW_FAST_IRQ_AT", self.window + data.layout.irq_enabled)
+        # Any hypercall answered in the VM checks these first (switcher.S).
+        self._set("SW_BLOCKED_AT", self.window + data.layout.blocked_interrupts)
+        self._set("SW_HSTATUS_AT", self.window + data.layout.hcall_status)
         self.update()
+        self.update_paging()
+        self._set("SW_HCALL_ON", int(self.enabled or self.host.clock_vm.on))
 
     def update(self) -> None:
         host = self.host
         low, high = host.traps.guest_idt[PF_VECTOR]
-        on = self.enabled and self.window is not None and D.gate_present(high)
+        # A handler in the Switcher's region is for Python to refuse.
+        on = (self.enabled and self.window is not None and D.gate_present(high)
+              and D.gate_handler(low, high) < host.image.SW_BASE)
         if on:
             self._set("SW_FAST_HANDLER", D.gate_handler(low, high))
             self._set("SW_FAST_IGATE", int(D.gate_type(high) == D.GATE_INTERRUPT))
-            self._set("SW_FAST_SS1", host.ss1)
-            self._set("SW_FAST_ESP1", host.esp1 if host.ss1 else 0)
+        # The ring-1 stack serves every delivery the Switcher makes (the
+        # clock's tick too, host/clockfast.py), whether this path is on or not.
+        self._set("SW_FAST_SS1", host.ss1)
+        self._set("SW_FAST_ESP1", host.esp1 if host.ss1 else 0)
         self._set("SW_FAST_ON", int(on))
+        # A system call through an interrupt gate (a trap gate is a direct
+        # trap: the CPU delivers it, traps.py) goes the same way.
+        traps = host.traps
+        low, high = traps.guest_idt[traps.syscall_vector]
+        sys_on = (self.enabled and self.window is not None and D.gate_present(high)
+                  and D.gate_type(high) == D.GATE_INTERRUPT
+                  and D.gate_handler(low, high) < host.image.SW_BASE)
+        self._set("SW_FAST_SYS_HANDLER", D.gate_handler(low, high) if sys_on else 0)

@@ -49,6 +49,12 @@ class Interrupts:
             self.cond.notify_all()
         self.host.machine.vcpu.kick()
 
+    def merge(self, bits: int) -> None:
+        """From the vCPU thread: IRQs raised inside the VM (the clock in
+        the VM's held-back IRQ 0), already there to be delivered."""
+        with self.cond:
+            self.pending |= bits
+
     def stop(self) -> None:
         """End a HALT wait because the run is ending (a kill from outside)."""
         with self.cond:

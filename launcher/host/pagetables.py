@@ -68,6 +68,7 @@ class PageTables:
         else:
             self.requests.load_cr3(top)
         self.cr3 = top
+        self.host.fast.update_paging()
 
     def install_switcher(self, top: int) -> None:
         m = self.memory

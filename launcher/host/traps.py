@@ -92,6 +92,7 @@ class Traps:
         low, high = self.guest_idt[vector]
         if not D.gate_present(high):
             raise GuestFault(self.unhandled_message(vector))
+        self.check_handler(vector, D.gate_handler(low, high))
         if (r[SS] & 3) != 1:
             # From ring 3: switch to the ring-1 stack SET_STACK gave us, and
             # save the old stack on it, as the CPU does on a privilege change.
@@ -121,11 +122,19 @@ class Traps:
         iret: the frame already there is the one the handler returns through."""
         r = self.machine.regs
         low, high = self.guest_idt[vector]
+        self.check_handler(vector, D.gate_handler(low, high))
         stacked = self.host.memory.u32(self.host.translate(r[ESP] + 8), "iret frame")
         r[EFLAGS] = stacked & ~(X86_EFLAGS_TF | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT)
         r[CS], r[EIP] = GUEST_CS, D.gate_handler(low, high)
         if D.gate_type(high) == D.GATE_INTERRUPT:
             self.host.disable_guest_irqs()
+
+    def check_handler(self, vector: int, handler: int) -> None:
+        """Never enter the Switcher's region: it is the Host's (the fast
+        paths leave such a gate to us, host/fastpath.py, clockfast.py)."""
+        if handler >= self.host.image.SW_BASE:
+            raise GuestFault(f"the guest's gate for vector {vector} points into the "
+                             f"Switcher's region ({handler:#x})")
 
     def reflect(self, vector: int) -> None:
         """Pass a trap the guest caused back to the guest."""

@@ -39,6 +39,9 @@ KBD_STATUS_PORT = 0x64
 # counter that reads 0 fails the calibration at once, and the guest uses the
 # TSC frequency lguest_data gave it, as it would anyway.
 PIT_CHANNEL2_PORT = 0x42
+# Every port port_in/port_out answer differently from an absent one.
+CLAIMED_PORTS = [(PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA + 3), (KBD_STATUS_PORT, KBD_STATUS_PORT),
+                 (PIT_CHANNEL2_PORT, PIT_CHANNEL2_PORT)]
 MAX_SLOTS = 32
 BAR_GAP = 1 << 20                        # BARs start 1 MiB above the end of RAM
 
@@ -78,6 +81,7 @@ class PciBus:
             fn.on_live, fn.on_reset = self._bind_kicks, self._unbind_kicks
             self.functions.append(fn)
         host.port_in, host.port_out = self.port_in, self.port_out
+        host.fast.claim_ports(CLAIMED_PORTS)   # the others the Switcher may answer
         host.on_mmio, host.mmio_kind = self.mmio, self.kind_of
         host.device_limit = self.limit         # PTEs may map the BARs
 
