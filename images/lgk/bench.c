@@ -232,3 +232,41 @@ void bench_run(void)
 		null_hcall, syscall_ns, fault_ns, switch_ns, batch_ns, timer_ns,
 		timer_median, timer_p99, lguest_data.tsc_khz, blk);
 }
+
+/*
+ * `idle=SECONDS`: do nothing for that long, bracketed by "@b:idle" and
+ * "@e:idle", so the Launcher can count what keeping an idle guest costs
+ * (launcher-bench's idle_exits_per_s). With the periodic tick, every tick is
+ * a clock event, an interrupt and a HALT; with `tick=oneshot` the tick is
+ * stopped and one clock event (at most ~4 s ahead: the delta is 32 bits)
+ * wakes us for the end, as a tickless Linux sleeps.
+ */
+void idle_run(u32 seconds, int oneshot)
+{
+	const u32 max_delta_ns = 4000000000u;
+	u64 end;
+	u32 ticks = timer_irqs, flags;
+
+	if (oneshot)
+		tick_stop();
+	console_mark("@b:idle\n");
+	end = now_ns() + (u64)seconds * 1000000000u;
+	flags = irq_save();
+	for (;;) {
+		u64 now = now_ns();
+		if (now >= end)
+			break;
+		if (oneshot) {
+			u64 left = end - now;
+			clockevent_set(left > max_delta_ns ? max_delta_ns : (u32)left + 1);
+		}
+		hcall(LHCALL_HALT, 0, 0, 0, 0);        /* "sti; hlt" */
+		irq_disable();
+	}
+	irq_restore(flags);
+	console_mark("@e:idle\n");
+	if (oneshot)
+		tick_start(TICK_NS);
+	kprintf("idle: %u s (%s tick), %u clock interrupts\n", seconds,
+		oneshot ? "one-shot" : "periodic", timer_irqs - ticks);
+}

@@ -21,6 +21,8 @@
  *   vqloop   descriptor chains that loop, on the console's output queue
  *   vqrange  descriptors and ring indexes outside RAM or the ring
  *   notify   a storm of NOTIFYs with random values, then values beyond RAM
+ *   clock    the clock interrupt delivered into the Switcher's pages or onto a
+ *            bad stack (the Switcher's own delivery and Python's)
  */
 #include "virtio.h"
 
@@ -481,6 +483,58 @@ static void notify_beyond_ram(void)
 	}
 }
 
+/* ---- clock: what the clock interrupt is delivered into ------------------------------------ */
+/* Arm a 1 ms clock event with interrupts on and spin on `stack` (0: our
+   own) for 200 ms of TSC time, calling nothing: the tick must arrive in
+   between, and the Host must refuse to deliver it. */
+static u64 spin_cycles, spin_start;     /* static: the asm runs on a foreign stack */
+static u32 spin_saved_esp;
+
+static void tick_while_on(u32 stack)
+{
+	spin_cycles = (u64)lguest_data.tsc_khz * 200;
+	console_flush();
+	irq_enable();
+	clockevent_set(1000000);
+	spin_start = rdtsc();
+	__asm__ __volatile__(
+		"movl %%esp, %[saved]\n\t"
+		"testl %[stack], %[stack]\n\t"
+		"jz 1f\n\t"
+		"movl %[stack], %%esp\n"
+		"1:\tpause\n\t"
+		"rdtsc\n\t"
+		"subl %[lo], %%eax\n\t"
+		"sbbl %[hi], %%edx\n\t"
+		"cmpl %[clo], %%eax\n\t"
+		"movl %%edx, %%ecx\n\t"
+		"sbbl %[chi], %%ecx\n\t"
+		"jb 1b\n\t"
+		"movl %[saved], %%esp"
+		: [saved] "=m"(spin_saved_esp)
+		: [stack] "b"(stack), [lo] "m"(*(u32 *)&spin_start),
+		  [hi] "m"(((u32 *)&spin_start)[1]), [clo] "m"(*(u32 *)&spin_cycles),
+		  [chi] "m"(((u32 *)&spin_cycles)[1])
+		: "eax", "ecx", "edx", "cc", "memory");
+	kprintf("hostile: 200 ms went by, %u clock interrupts\n", timer_irqs);
+}
+
+static void tick_gate_in_switcher(void)
+{
+	set_idt_gate(FIRST_EXTERNAL_VECTOR, (void *)(SWITCHER_BASE + 0x1000), GATE_INTERRUPT, 0);
+	tick_while_on(0);
+}
+
+static void tick_stack_in_switcher(void)
+{
+	tick_while_on(SWITCHER_BASE + 0x5F00);          /* the Host's register page */
+}
+
+static void tick_stack_unmapped(void)
+{
+	tick_while_on(kernel_hole + 0x800);
+}
+
 /* ---- the modes ------------------------------------------------------------------------------ */
 #define ATTACKS(name) { #name, name##_attacks, ARRAY_SIZE(name##_attacks) }
 
@@ -531,13 +585,19 @@ static const struct attack notify_attacks[] = {
 	{ "a device started twice without a reset", notify_started_twice, 1 },
 };
 
+static const struct attack clock_attacks[] = {
+	{ "the clock interrupt's gate pointing into the Switcher's region", tick_gate_in_switcher, 1 },
+	{ "the kernel stack in the Switcher's register page when the clock fires", tick_stack_in_switcher, 1 },
+	{ "the kernel stack on an unmapped page when the clock fires", tick_stack_unmapped, 1 },
+};
+
 static const struct {
 	const char *name;
 	const struct attack *attacks;
 	u32 n;
 } modes[] = {
 	ATTACKS(hcall), ATTACKS(gdt), ATTACKS(pgtable), ATTACKS(vqloop), ATTACKS(vqrange),
-	ATTACKS(notify),
+	ATTACKS(notify), ATTACKS(clock),
 };
 
 void hostile_run(const char *mode)
@@ -547,7 +607,7 @@ void hostile_run(const char *mode)
 	while (m < ARRAY_SIZE(modes) && strncmp(mode, modes[m].name, 64))
 		m++;
 	if (m == ARRAY_SIZE(modes))
-		panic("hostile=%s: no such mode (hcall gdt pgtable vqloop vqrange notify)", mode);
+		panic("hostile=%s: no such mode (hcall gdt pgtable vqloop vqrange notify clock)", mode);
 	rng_state = parse_u32(cmdline_value("seed"), 1) * 2654435761u + 1;   /* never 0 */
 	u32 first = 0, last = modes[m].n - 1, let_pass = 0;
 	const char *step = cmdline_value("step");

@@ -201,6 +201,7 @@ void timer_init(void);
 u64 now_ns(void);
 u64 cycles_to_ns(u64 cycles);
 void clockevent_set(u32 ns);
+#define TICK_NS 10000000u                /* the scheduler tick: 10 ms */
 void tick_start(u32 ns);
 void tick_stop(void);
 extern volatile u64 jiffies;
@@ -267,6 +268,7 @@ void records_run(u32 seed);               /* devtest.c: the robustness tests' wo
 void soak_run(u32 seconds);
 void net_run(u32 seconds);
 void bench_run(void);
+void idle_run(u32 seconds, int oneshot);      /* bench.c: `idle=SECONDS` */
 
 /* ---- hostile.c: misbehaving on purpose, for the Host's robustness tests ------ */
 void __attribute__((noreturn)) hostile_run(const char *mode);

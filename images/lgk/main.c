@@ -5,7 +5,6 @@
 #include "virtio.h"
 
 #define FALLBACK_MEM (16u << 20)      /* same as head.S */
-#define TICK_NS      10000000u        /* the scheduler tick: 10 ms */
 
 extern u32 boot_params_pa;            /* head.S: the esi we started with */
 u32 mem_size;
@@ -127,6 +126,10 @@ void kmain(void)
 	traps_init();                     /* IDT: exceptions, IRQs, int $0x80 */
 	mm_init();                        /* our own page tables for all of RAM */
 	read_cmdline();
+	/* `igate80`: system calls through an interrupt gate, as Linux 4.x makes
+	   them, which the Host cannot let the CPU deliver directly. */
+	if (cmdline_has("igate80"))
+		set_idt_gate(LGUEST_SYSCALL_VECTOR, trap_stubs[64], GATE_INTERRUPT, 3);
 	timer_init();                     /* IRQ 0 unmasked */
 	sched_init();                     /* we are task 0 */
 	irq_enable();
@@ -153,13 +156,19 @@ void kmain(void)
 	   itself if something goes wrong. */
 	int records = cmdline_has("records") || cmdline_value("records");
 	int soak = cmdline_value("soak") != NULL, net = cmdline_value("net") != NULL;
+	int idle = cmdline_value("idle") != NULL;
 	if (echo)
 		echo_line();
 	int failures = 0;
-	if (cmdline_has("selftest") || (!bench && !restart && !echo && !records && !soak && !net))
+	if (cmdline_has("selftest") || (!bench && !restart && !echo && !records && !soak && !net
+				       && !idle))
 		failures = selftest_run();
 	if (bench)
 		bench_run();
+	if (idle) {
+		const char *tick = cmdline_value("tick");
+		idle_run(cmdline_u32("idle", 5), tick && !strncmp(tick, "oneshot", 8));
+	}
 	if (net)
 		net_run(cmdline_u32("net", 10));
 	if (soak)
