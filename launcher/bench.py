@@ -29,7 +29,10 @@ so read the ratios:
   ``launcher_rss_mb``, the launcher's resident memory beyond guest RAM;
 - with ``LGUEST_TEST_KERNELS`` (and ``LGUEST_TEST_INITRD``) set,
   ``linux_boot_ms`` and ``linux_boot_exits`` per kernel, to the first
-  userspace line.
+  userspace line;
+- the steady state, fast paths on and off (launcher/benchsteady.py):
+  ``idle_exits_per_s``, ``idle_host_cpu_pct``, ``linux_boot_exits``,
+  ``syscall_exits``, ``g3_syscall_exits``, ``timer_latency_us``.
 """
 from __future__ import annotations
 
@@ -234,15 +237,15 @@ class RssSampler:
         self.thread.join()
 
 
-def run_own_guest(cmdline: str, disk: str | None = None,
-                  fast_traps: bool = True) -> tuple[MarkedConsole, object, int]:
+def run_own_guest(cmdline: str, disk: str | None = None, fast_traps: bool = True,
+                  fast_clock: bool = True) -> tuple[MarkedConsole, object, int]:
     """Boot the bundled guest in-process; (console, outcome, start ns)."""
     from .run import BUNDLED_GUEST, GuestConfig, Session
     console = MarkedConsole()
     devices = [("block", (disk, False))] if disk else []
     config = GuestConfig(kernel=BUNDLED_GUEST, mem=64 << 20, cmdline=cmdline,
                          devices_spec=devices, console=console, timeout=600,
-                         fast_traps=fast_traps)
+                         fast_traps=fast_traps, fast_clock=fast_clock)
     start = time.monotonic_ns()
     session = Session(config)
     console.session = session
@@ -338,11 +341,15 @@ class LineWatch:
         pass
 
 
-def measure(n: int, guest: bool = True, fast_traps: bool = True) -> dict:
+def measure(n: int, guest: bool = True, fast_traps: bool = True,
+            steady_seconds: int = 0) -> dict:
     c_floor, py_floor = exit_floors(n)
     floor = hypercall_floor(n)
     hcall, exits = hypercall_cost(n)
     extra = guest_benchmarks(fast_traps) if guest else {}
+    if steady_seconds:
+        from .benchsteady import measure_steady
+        extra |= {"steady": measure_steady(steady_seconds)}
     return extra | linux_boots() | {
         "kvm": "testbed" if os.environ.get("LGUEST_IN_TESTBED") else "native",
         "fast_traps": fast_traps,
@@ -394,6 +401,9 @@ def print_table(result: dict) -> None:
     for kernel, boot in result.get("linux", {}).items():
         print(f"  {'Linux ' + kernel:<28} {boot['linux_boot_ms']} ms, "
               f"{boot['linux_boot_exits']} exits to userspace")
+    if "steady" in result:
+        from .benchsteady import print_steady
+        print_steady(result["steady"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the own guest's micro benchmarks (syscall, page fault, disk...)")
     p.add_argument("--no-fast-traps", action="store_true",
                    help="run the own guest's benchmarks with every page fault through Python")
+    p.add_argument("--idle-seconds", type=int, default=10, metavar="N",
+                   help="how long each guest idles for the steady-state figures "
+                        "(default 10; 0 skips them)")
     p.add_argument("--no-testbed", action="store_true",
                    help="do not re-run inside the testbed when this KVM cannot run our guests")
     argv = sys.argv[1:] if argv is None else argv
@@ -414,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     if status is not None:
         return status
     n = args.iterations or (3000 if os.environ.get("LGUEST_IN_TESTBED") else 20000)
-    result = measure(n, guest=not args.no_guest, fast_traps=not args.no_fast_traps)
+    result = measure(n, guest=not args.no_guest, fast_traps=not args.no_fast_traps,
+                     steady_seconds=0 if args.no_guest else args.idle_seconds)
     if args.json:
         print(json.dumps(result))
     else:
