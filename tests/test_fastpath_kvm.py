@@ -1,6 +1,8 @@
-"""The page-fault fast path on a real KVM: the Switcher reflects a #PF
-exactly as the Python Host does (host/fastpath.py), without an exit, and
-gives up to Python when it cannot push the frame. Each scenario runs both
+"""The fast paths on a real KVM: the Switcher reflects a #PF, delivers a
+system call through an interrupt gate, answers port I/O and CPUID, checks
+SET_PTE (host/fastpath.py), and keeps the clock, HALT and the tick in the
+VM (host/clockfast.py) exactly as the Python Host does, without an exit,
+and gives up to Python whenever it cannot finish. Each scenario runs both
 ways and must look the same to the guest."""
 from __future__ import annotations
 
@@ -40,22 +42,96 @@ def test_a_frame_that_cannot_be_pushed_goes_to_python(guest_elf, fast):
 
 
 def launcher(*args: str) -> subprocess.CompletedProcess:
+    """The fast paths on, whatever LGUEST_FAST_PATHS says: these tests
+    compare them with the --no-fast-* runs they make themselves."""
     require_kvm()
     return subprocess.run([sys.executable, "-m", "launcher", "--mem", "64M", "--stats", *args],
                           capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, LGUEST_FAST_PATHS="on"))
+
+
+def exits(stderr: str, kind: str) -> int:
+    """One kind's count in the --stats table (0 when it made no exit)."""
+    m = re.search(rf"^{re.escape(kind)}\s+(\d+)\s", stderr, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def in_vm(stderr: str, kind: str) -> int:
+    """What the Switcher did alone, from the table's last line."""
+    m = re.search(rf"(\d+) {re.escape(kind)}\b", stderr)
+    return int(m.group(1)) if m else 0
+
+
+def selftest_lines(result: subprocess.CompletedProcess) -> list[str]:
+    failed = re.findall(r"^selftest: .*FAILED.*$", result.stdout, re.M)
+    assert result.returncode == 0, (failed, result.stderr[-600:])
+    lines = re.findall(r"^selftest: .*$", result.stdout, re.M)
+    assert lines and lines[-1].endswith("0 failed"), lines[-3:]
+    return lines
+
+
+@pytest.mark.parametrize("image", ["lgk.bzImage", "lgk-pae.bzImage"])
+def test_the_clock_in_the_vm_looks_the_same_to_the_guest(image):
+    fast = launcher(os.path.join(DATA, image))
+    slow = launcher("--no-fast-clock", os.path.join(DATA, image))
+    assert selftest_lines(fast) == selftest_lines(slow)
+    # Python: every clock event, HALT and tick exits. The Switcher: nearly none.
+    assert exits(slow.stderr, "LHCALL_SET_CLOCKEVENT") > 50
+    assert exits(slow.stderr, "LHCALL_HALT") > 0
+    assert in_vm(fast.stderr, "clock interrupts delivered") > 50
+    assert in_vm(fast.stderr, "SET_CLOCKEVENT") > 20 * max(1, exits(fast.stderr,
+                                                                    "LHCALL_SET_CLOCKEVENT"))
+    assert exits(fast.stderr, "LHCALL_HALT") <= 1
+    assert not in_vm(slow.stderr, "clock interrupts delivered")
+
+
+@pytest.mark.parametrize("oneshot", [False, True], ids=["periodic", "oneshot"])
+def test_an_idle_own_guest_makes_no_exits(oneshot):
+    require_kvm()
+    from launcher.benchsteady import own_guest_idle
+    fast = own_guest_idle(oneshot, fast=True, seconds=3)
+    slow = own_guest_idle(oneshot, fast=False, seconds=3)
+    assert fast["exits_per_s"] <= 1, fast           # the issue's target
+    if not oneshot:                                  # a 10 ms tick through Python
+        assert slow["exits_per_s"] > 50, slow
+
+
+@pytest.mark.parametrize("image", ["lgk.bzImage", "lgk-pae.bzImage"])
+def test_system_calls_through_an_interrupt_gate(image):
+    fast = launcher(os.path.join(DATA, image), "igate80")
+    slow = launcher("--no-fast-traps", os.path.join(DATA, image), "igate80")
+    assert selftest_lines(fast) == selftest_lines(slow)
+    delivered, python = in_vm(fast.stderr, "system calls delivered"), exits(slow.stderr,
+                                                                            "trap 128")
+    assert delivered == python > 0
+    assert not exits(fast.stderr, "trap 128")
+    # The default trap gate never reaches the Switcher at all.
+    plain = launcher(os.path.join(DATA, image))
+    assert not in_vm(plain.stderr, "system calls delivered")
+    assert not exits(plain.stderr, "trap 128")
+
+
+@pytest.mark.parametrize("image", ["lgk.bzImage", "lgk-pae.bzImage"])
+def test_set_pte_and_port_io_in_the_switcher(image):
+    fast = launcher(os.path.join(DATA, image))
+    slow = launcher("--no-fast-traps", os.path.join(DATA, image))
+    assert selftest_lines(fast) == selftest_lines(slow)
+    assert in_vm(fast.stderr, "SET_PTE") > 0
+    assert exits(slow.stderr, "LHCALL_SET_PTE") >= in_vm(fast.stderr, "SET_PTE")
+    assert not in_vm(slow.stderr, "SET_PTE")
+    # The self-tests' ring-1 port I/O and cli are answered without an exit;
+    # ring 3's in/out still reach the guest's #GP handler through Python.
+    assert in_vm(fast.stderr, "port I/O, cli and CPUID answered") > 0
+    assert exits(fast.stderr, "trap 13") < exits(slow.stderr, "trap 13")
 
 
 @pytest.mark.parametrize("image", ["lgk.bzImage", "lgk-pae.bzImage"])
 def test_the_own_guest_passes_the_same_self_tests_both_ways(image):
     fast = launcher(os.path.join(DATA, image))
     slow = launcher("--no-fast-traps", os.path.join(DATA, image))
-    for result in (fast, slow):
-        failed = re.findall(r"^selftest: .*FAILED.*$", result.stdout, re.M)
-        assert result.returncode == 0, (failed, result.stderr[-600:])
-    lines = [re.findall(r"^selftest: .*$", r.stdout, re.M) for r in (fast, slow)]
-    assert lines[0] == lines[1] and lines[0][-1].endswith("0 failed")
-    reflected = re.search(r"and (\d+) page faults the Switcher reflected", fast.stderr)
+    assert selftest_lines(fast) == selftest_lines(slow)
+    reflected = re.search(r"(\d+) page faults reflected", fast.stderr)
     python = re.search(r"^trap 14\s+(\d+)", slow.stderr, re.M)
     assert reflected and python, fast.stderr + slow.stderr
     assert int(reflected.group(1)) == int(python.group(1)) > 0
