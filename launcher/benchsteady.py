@@ -10,8 +10,9 @@ the Python Host):
   launcher's CPU time (less the guest's own) as a share of one core, while
   a guest idles: the own
   guest (images/lgk ``idle=``) with its periodic 10 ms tick and with a
-  one-shot clock, and with LGUEST_TEST_KERNELS each real kernel in
-  ``sleep``;
+  one-shot clock, and with LGUEST_TEST_KERNELS each real kernel's shell
+  waiting in ``read -t`` (from 3 s into the wait: typing the command and
+  its aftermath are not idle);
 - ``linux_boot_exits``: exits from the start to the first userspace line,
   per real kernel;
 - ``syscall_exits``: exits per system call (``dd`` of single bytes) per
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 
 from .host.lguest_data import G3
 from .run import BUNDLED_GUEST, GuestConfig, Session
 
 IDLE_SECONDS = 10
+IDLE_SETTLE = 3                    # seconds of a real kernel's idle not counted
 SYSCALL_BYTES = 5000               # dd bs=1: one read and one write each
 
 
@@ -106,9 +109,12 @@ class ShellConsole(Marks):
     each step's command; a step ends when its marker line appears (made
     with shell arithmetic, so the echo of the command never matches)."""
 
-    def __init__(self, steps: list[tuple[str, bytes]], input_fd: int) -> None:
+    def __init__(self, steps: list[tuple[str, bytes]], input_fd: int,
+                 timed: dict[int, list[tuple[float, str]]] | None = None) -> None:
         super().__init__()
         self.steps, self.input_fd = steps, input_fd
+        self.timed = timed or {}            # step -> marks taken that long after it starts
+        self.timers: list[threading.Timer] = []
         self.tail = b""
         self.step = -1                      # -1: booting
 
@@ -128,6 +134,11 @@ class ShellConsole(Marks):
         self.tail = b""
         if self.step < len(self.steps):
             os.write(self.input_fd, self.steps[self.step][0].encode())
+            for delay, name in self.timed.get(self.step, []):
+                timer = threading.Timer(delay, self.note, (name,))
+                timer.daemon = True
+                timer.start()
+                self.timers.append(timer)
         else:
             os.write(self.input_fd, b"poweroff -f\n")
         self.step += 1
@@ -137,18 +148,21 @@ class ShellConsole(Marks):
 
 
 def linux_steady(kernel: str, initrd: str, fast: bool, seconds: int = IDLE_SECONDS) -> dict:
-    """Boot a real kernel, let it sleep, run a system-call loop, power off.
-    Each figure is the difference of a long and a short run of the same
-    command, so what starting the command costs (fork, exec, the echo)
-    cancels out."""
+    """Boot a real kernel, let it idle, run a system-call loop, power off.
+    Idle is the shell waiting in its `read` builtin on a FIFO nobody writes
+    (no fork or exec), counted from IDLE_SETTLE seconds into the wait, so
+    the aftermath of typing the command (its echo, the kernel's deferred
+    work) is not counted. Exits per system call are the difference of a
+    long and an empty `dd`, so starting it cancels out."""
     def step(command: str, tag: str) -> tuple[str, bytes]:
         return f"{command}; echo {tag}-$((40+2))\n", f"{tag}-42".encode()
     dd = "dd if=/dev/zero of=/dev/null bs=1 count={} 2>/dev/null"
-    steps = [step("sleep 1", "warm"), step("sleep 1", "short"),
-             step(f"sleep {seconds + 1}", "long"),
+    steps = [step("mkfifo /idle.fifo; sleep 1", "warm"),
+             step(f"read -t {IDLE_SETTLE + seconds + 1} x <> /idle.fifo", "idle"),
              step(dd.format(0), "dd0"), step(dd.format(SYSCALL_BYTES), "ddn")]
+    timed = {1: [(IDLE_SETTLE, "idle_begin"), (IDLE_SETTLE + seconds, "idle_end")]}
     read_fd, write_fd = os.pipe()
-    console = ShellConsole(steps, write_fd)
+    console = ShellConsole(steps, write_fd, timed)
     config = GuestConfig(kernel=kernel, mem=128 << 20, initrd=initrd, cmdline="console=hvc0",
                          console=console, stdin=read_fd, timeout=1800, reboot=False,
                          fast_traps=fast, fast_clock=fast, ioeventfd=fast)
@@ -164,12 +178,11 @@ def linux_steady(kernel: str, initrd: str, fast: bool, seconds: int = IDLE_SECON
     if console.step <= len(steps):
         raise RuntimeError(f"{kernel} did not finish the steady-state steps: {outcome.message}")
     window = [console.between(f"step{i}", f"step{i + 1}") for i in range(len(steps))]
-    (short_e, short_s, short_c), (long_e, long_s, long_c) = window[1], window[2]
-    idle_s = long_s - short_s
-    dd_exits = window[4][0] - window[3][0]
+    idle_e, idle_s, idle_c = console.between("idle_begin", "idle_end")
+    dd_exits = window[3][0] - window[2][0]
     return {"boot_exits": console.at["userspace"][0],
-            "exits_per_s": (long_e - short_e) / idle_s,
-            "cpu_pct": max(0.0, 100 * (long_c - short_c) / idle_s),
+            "exits_per_s": idle_e / idle_s,
+            "cpu_pct": max(0.0, 100 * idle_c / idle_s),
             "syscall_exits": max(0, dd_exits) / (2 * SYSCALL_BYTES), "g3": layout is G3}
 
 

@@ -63,3 +63,11 @@ class FakeMachine:
         self.cpuid_faulting = False
         for v in range(IDT_ENTRIES):
             self.idt[v] = self.host_gate(v, 0)
+
+
+def hypercall(h, number: int, a: int = 0, b: int = 0, c: int = 0) -> None:
+    """Make the guest's registers a hypercall and let the Host handle it."""
+    from launcher.switcher import EAX, EBX, ECX, EDX, TRAPNUM
+    r = h.regs
+    r[TRAPNUM], r[EAX], r[EBX], r[ECX], r[EDX] = 0x1F, number, a, b, c
+    h.handle_trap()

@@ -6,10 +6,11 @@ import time
 import pytest
 
 from fakes import FakeMachine
+from fakes import hypercall as hcall
 from launcher.errors import GuestFault
 from launcher.host import Host
 from launcher.host import hypercalls as H
-from launcher.switcher import CS, EAX, EBX, ECX, EDX, EFLAGS, EIP, ESP, SS, TRAPNUM
+from launcher.switcher import CS, EFLAGS, EIP, ESP, SS
 
 LDATA = 0x1FF0              # lguest_data straddles a page boundary
 KSTACK = 0x3000
@@ -24,12 +25,6 @@ def host(apic=True):
     r = m.regs
     r[CS], r[SS], r[EFLAGS], r[ESP], r[EIP] = 0x61, 0x69, 0x202, KSTACK, 0x100000
     return h
-
-
-def hcall(h, number, a=0, b=0, c=0):
-    r = h.regs
-    r[TRAPNUM], r[EAX], r[EBX], r[ECX], r[EDX] = 0x1F, number, a, b, c
-    h.handle_trap()
 
 
 def param(h, name):
@@ -128,10 +123,15 @@ def test_halt_with_nothing_pending_halts_in_the_switcher(h):
     assert not h.interrupts.halted
 
 
-def test_halt_with_an_irq_pending_delivers_it_with_interrupts_on(h):
+def interrupts_off(h):
+    """A gate for IRQ 0, nothing masked, the guest's interrupts off."""
     tick_gate(h)
     h.lguest_data.set("blocked_interrupts", 0)
     h.lguest_data.set("irq_enabled", 0)
+
+
+def test_halt_with_an_irq_pending_delivers_it_with_interrupts_on(h):
+    interrupts_off(h)
     h.interrupts.raise_irq(0)
     hcall(h, H.LHCALL_HALT)
     h.prepare_resume()
@@ -143,9 +143,7 @@ def test_halt_with_an_irq_pending_delivers_it_with_interrupts_on(h):
 
 
 def test_what_the_switcher_left_is_taken_at_the_next_exit(h):
-    tick_gate(h)
-    h.lguest_data.set("blocked_interrupts", 0)
-    h.lguest_data.set("irq_enabled", 0)
+    interrupts_off(h)
     set_state(h, "SW_CLK_PENDING", 1)                   # an IRQ 0 it held back
     set_state(h, "SW_HALTED", 1)                        # ... while halted
     hcall(h, H.LHCALL_SEND_INTERRUPTS)
@@ -156,9 +154,7 @@ def test_what_the_switcher_left_is_taken_at_the_next_exit(h):
 
 
 def test_a_held_back_irq_is_published_for_the_switcher(h):
-    tick_gate(h)
-    h.lguest_data.set("blocked_interrupts", 0)
-    h.lguest_data.set("irq_enabled", 0)
+    interrupts_off(h)
     h.interrupts.raise_irq(3)
     hcall(h, H.LHCALL_FLUSH_ASYNC)
     h.prepare_resume()

@@ -4,9 +4,10 @@ SET_STACK, and it is off whenever one is missing or --no-fast-traps."""
 import pytest
 
 from fakes import FakeMachine
+from fakes import hypercall as hcall
 from launcher.host import Host
 from launcher.host import hypercalls as H
-from launcher.switcher import CS, EAX, EBX, ECX, EDX, EFLAGS, SS, TRAPNUM
+from launcher.switcher import CS, EFLAGS, SS
 
 LDATA = 0x1FF0              # lguest_data straddles a page boundary
 
@@ -18,12 +19,6 @@ def host(fast=True):
     h = Host(m, fast_traps=fast)
     m.regs[CS], m.regs[SS], m.regs[EFLAGS] = 0x61, 0x69, 0x202
     return h
-
-
-def hcall(h, number, a=0, b=0, c=0):
-    r = h.regs
-    r[TRAPNUM], r[EAX], r[EBX], r[ECX], r[EDX] = 0x1F, number, a, b, c
-    h.handle_trap()
 
 
 def field(h, name):
