@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "GUEST ARGS go on the guest's command line.",
         epilog="KERNEL is an i386 bzImage or vmlinux-style ELF with lguest guest support "
                "(Linux 3.10-4.13);\nlguest's own form `launcher 64 vmlinux args...` "
-               "(memory in MiB first) works too.\n\n" + EXIT_STATUSES)
+               "(memory in MiB first) works too.\n\n"
+               "LGUEST_FAST_PATHS=off in the environment makes every --no-fast-* "
+               "option the default.\n\n" + EXIT_STATUSES)
     p.add_argument("kernel", nargs="?", metavar="KERNEL", help="guest kernel image")
     p.add_argument("guest_args", nargs="*", metavar="GUEST ARGS",
                    help="the guest's command line (after KERNEL, or after --)")
