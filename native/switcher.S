@@ -202,7 +202,7 @@
         .text
         .globl switcher_entries, switcher_common, switcher_resume
         .globl restore_gs, restore_fs, restore_ds, restore_es, restore_iret
-        .globl switcher_fault, bench_out_loop, fast_page_fault, halt_woken
+        .globl switcher_fault, bench_out_loop, fast_page_fault, halt_insn, halt_woken
 
 /*
  * ---- 256 entry stubs, 16 bytes apart ----
@@ -603,15 +603,23 @@ fast_hypercall:
         addl SW_HSTATUS_AT, %ecx
         cmpb $0xFF, (%ecx)              /* window: cannot fault */
         jne exit_to_host
-        movl SW_HOST_PENDING, %eax
-        orl SW_CLK_PENDING, %eax
         movl SW_BLOCKED_AT, %edi
         movl (%edi), %ecx
-        notl %ecx
-        testl %ecx, %eax
+        notl %ecx                       /* ecx: the unmasked IRQs */
+        testl SW_HOST_PENDING, %ecx
         jnz exit_to_host
         movl SW_REGS + 0, %eax          /* the call number */
-        cmpl $LHCALL_SET_PTE, %eax
+        testl SW_CLK_PENDING, %ecx
+        jz 1f
+        /* IRQ 0 held back (the clock fired with interrupts off): HALT is
+           "sti; hlt", so it is delivered now, as Python would at this
+           exit; any other call leaves it to Python. */
+        cmpl $LHCALL_HALT, %eax
+        jne exit_to_host
+        incl SW_FAST_HALTS
+        movl $1, SW_HALTED
+        jmp fast_tick
+1:      cmpl $LHCALL_SET_PTE, %eax
         je fast_set_pte
         cmpl $0, SW_CLK_ON
         je exit_to_host
@@ -660,12 +668,15 @@ fast_clockevent:
 /*
  * HALT is "sti; hlt" for the guest: sleep until an interrupt. The one that
  * wakes us arrives through its stub at ring 0 with eip = halt_woken, so
- * switcher_fault sends it to halt_wake. esp is SW_REGS: the wake-up's frame
- * goes below the guest's saved registers.
+ * switcher_fault sends it to halt_wake. It may also arrive with eip =
+ * halt_insn, before the `hlt`: sti's one-instruction shadow is not always
+ * honoured when an interrupt was already pending (seen under nested SVM).
+ * esp is SW_REGS: the wake-up's frame goes below the guest's saved registers.
  */
 halt_now:
         movl $1, SW_HALTED
         sti
+halt_insn:
         hlt
 halt_woken:
         cli                             /* not reached: see halt_wake */
@@ -795,8 +806,10 @@ switcher_fault:
         movl %eax, %ds
         movl %eax, %es
         cmpl $halt_woken, 8(%esp)   /* an interrupt ended our HALT */
+        je 12f
+        cmpl $halt_insn, 8(%esp)    /* ... or came just before the hlt */
         jne 11f
-        cmpl $32, (%esp)
+12:     cmpl $32, (%esp)
         jae halt_wake
 11:     cmpl $0, SW_FAST_BUSY       /* a guest-stack store of the fast path */
         jne fast_abort

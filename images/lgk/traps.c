@@ -118,6 +118,10 @@ static void exception(struct regs *r)
 static void irq(struct regs *r)
 {
 	u32 n = r->vector - FIRST_EXTERNAL_VECTOR;
+	/* The Host delivers an interrupt only into code that had interrupts
+	   on (or sat in HALT, which turns them on): the frame must say so. */
+	if (!(r->eflags & X86_EFLAGS_IF))
+		panic("IRQ %u delivered with interrupts off at %x", n, r->eip);
 	if ((u32)r < min_irq_esp)
 		min_irq_esp = (u32)r;
 	irq_counts[n]++;

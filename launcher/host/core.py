@@ -315,7 +315,17 @@ class Host:
             if eip == self.image.symbols[label]:
                 doing = what
         return (f"fault inside the Switcher while {doing}: {vector_text}, error code "
-                f"{errcode:#x} (a bad selector or frame in the guest's saved state)")
+                f"{errcode:#x} at {self.switcher_place(eip)} (a bad selector or frame "
+                "in the guest's saved state)")
+
+    def switcher_place(self, eip: int) -> str:
+        """``label+offset`` of a Switcher address, from switcher.elf's symbols."""
+        image = self.image
+        code_end = image.SW_BASE + len(image.code)
+        best = max(((addr, name) for name, addr in image.symbols.items()
+                    if image.SW_BASE <= addr <= eip < code_end and not name.startswith("SW_")),
+                   default=None)
+        return f"{best[1]}+{eip - best[0]:#x}" if best else f"{eip:#x}"
 
     # -- hypercalls ------------------------------------------------------------
     def do_hypercall(self) -> None:
