@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import descriptors as D
 
 if TYPE_CHECKING:
     from .core import Host
@@ -85,12 +84,9 @@ class ClockInVm:
 
     def update_tick_gate(self) -> None:
         """LOAD_IDT_ENTRY 32: the handler the Switcher enters for IRQ 0."""
-        low, high = self.host.traps.guest_idt[TICK_VECTOR]
-        handler = D.gate_handler(low, high)
-        # None, or one in the Switcher's region (Python refuses that): exit.
-        present = D.gate_present(high) and handler < self.host.image.SW_BASE
-        self._set("SW_TICK_HANDLER", handler if present else 0)
-        self._set("SW_TICK_IGATE", int(present and D.gate_type(high) == D.GATE_INTERRUPT))
+        handler, igate = self.host.traps.switcher_gate(TICK_VECTOR) or (0, False)
+        self._set("SW_TICK_HANDLER", handler)          # 0: the tick exits to Python
+        self._set("SW_TICK_IGATE", int(igate))
 
     def rebase(self, ns: int) -> None:
         """Host.set_wallclock wrote ``ns``: the Switcher's clock restarts

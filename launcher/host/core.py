@@ -82,8 +82,6 @@ class Host:
         self.signals = 0              # KVM_RUNs cut short by a signal for Python
         self.mmio_exits = 0           # G3 device-register accesses
         self.fast_faults = 0          # #PFs the Switcher reflected (at the end of a run)
-        self.fast_syscalls = 0        # and system calls it delivered
-        self.fast_gps = 0             # and #GPs (port I/O, cli, CPUID) it answered
         self.hypercall_counts: Counter[int] = Counter()
         self.trap_counts: Counter[int] = Counter()
         self.ss1, self.esp1 = 0, 0
@@ -200,8 +198,6 @@ class Host:
         """Stop the Host's threads; the run is over. Page faults the
         Switcher reflected never exited: --stats lists them apart."""
         self.fast_faults = self.fast.count
-        self.fast_syscalls = self.fast.syscalls
-        self.fast_gps = self.fast.gps
         if self.recorder is not None:
             self.recorder.in_vm["page faults reflected"] += self.fast_faults
             self.recorder.in_vm["system calls delivered"] += self.fast.syscalls
@@ -451,7 +447,7 @@ class Host:
         if self.clock_vm.on:
             # The clock interrupt lives in KVM now, where a Python sleep
             # would never hear it: delivery runs next, and with nothing to
-            # deliver the Switcher halts (ClockInVm.publish).
+            # deliver the Switcher halts (ClockInVm.halt_if_idle).
             self.interrupts.halted = True
         else:
             self.interrupts.halt()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import descriptors as D
+from .lguest_data import LHCALL_RING_SIZE
 
 if TYPE_CHECKING:
     from .core import Host
@@ -90,7 +90,7 @@ class FastPath:
         hypercall alone (Python's pending IRQs, the async ring's cursor)."""
         words = self.host.requests.words
         words[self.i_host_pending] = self.host.interrupts.pending
-        words[self.i_hcall_next] = self.host.async_ring.cursor % 64
+        words[self.i_hcall_next] = self.host.async_ring.cursor % LHCALL_RING_SIZE
 
     @property
     def gps(self) -> int:
@@ -132,13 +132,12 @@ class FastPath:
 
     def update(self) -> None:
         host = self.host
-        low, high = host.traps.guest_idt[PF_VECTOR]
-        # A handler in the Switcher's region is for Python to refuse.
-        on = (self.enabled and self.window is not None and D.gate_present(high)
-              and D.gate_handler(low, high) < host.image.SW_BASE)
-        if on:
-            self._set("SW_FAST_HANDLER", D.gate_handler(low, high))
-            self._set("SW_FAST_IGATE", int(D.gate_type(high) == D.GATE_INTERRUPT))
+        ready = self.enabled and self.window is not None
+        pf = host.traps.switcher_gate(PF_VECTOR) if ready else None
+        on = pf is not None
+        if pf is not None:
+            self._set("SW_FAST_HANDLER", pf[0])
+            self._set("SW_FAST_IGATE", int(pf[1]))
         # The ring-1 stack serves every delivery the Switcher makes (the
         # clock's tick too, host/clockfast.py), whether this path is on or not.
         self._set("SW_FAST_SS1", host.ss1)
@@ -146,9 +145,5 @@ class FastPath:
         self._set("SW_FAST_ON", int(on))
         # A system call through an interrupt gate (a trap gate is a direct
         # trap: the CPU delivers it, traps.py) goes the same way.
-        traps = host.traps
-        low, high = traps.guest_idt[traps.syscall_vector]
-        sys_on = (self.enabled and self.window is not None and D.gate_present(high)
-                  and D.gate_type(high) == D.GATE_INTERRUPT
-                  and D.gate_handler(low, high) < host.image.SW_BASE)
-        self._set("SW_FAST_SYS_HANDLER", D.gate_handler(low, high) if sys_on else 0)
+        sys = host.traps.switcher_gate(host.traps.syscall_vector) if ready else None
+        self._set("SW_FAST_SYS_HANDLER", sys[0] if sys is not None and sys[1] else 0)

@@ -129,6 +129,16 @@ class Traps:
         if D.gate_type(high) == D.GATE_INTERRUPT:
             self.host.disable_guest_irqs()
 
+    def switcher_gate(self, vector: int) -> tuple[int, bool] | None:
+        """The guest's gate for ``vector`` as the Switcher may use it:
+        (handler, is an interrupt gate), or None when there is none or it
+        points into the Switcher's region (check_handler refuses that one)."""
+        low, high = self.guest_idt[vector]
+        handler = D.gate_handler(low, high)
+        if not D.gate_present(high) or handler >= self.host.image.SW_BASE:
+            return None
+        return handler, D.gate_type(high) == D.GATE_INTERRUPT
+
     def check_handler(self, vector: int, handler: int) -> None:
         """Never enter the Switcher's region: it is the Host's (the fast
         paths leave such a gate to us, host/fastpath.py, clockfast.py)."""
