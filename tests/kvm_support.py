@@ -47,15 +47,17 @@ def guest_elf(tmp_path_factory):
 
 class Harness:
     """A Machine + Host running the test guest from one label; ebp carries
-    the scenario's parameter. TEST_DONE powers off with (ebx, ecx, edx) in
+    the scenario's parameter; ``apic`` puts the LAPIC in KVM (the clock in
+    the VM) or not (default: LGUEST_FAST_PATHS). TEST_DONE powers off with (ebx, ecx, edx) in
     ``done``; TEST_FAIL crashes."""
 
-    def __init__(self, elf: str, label: str, param: int = 0, **host_args) -> None:
+    def __init__(self, elf: str, label: str, param: int = 0, apic: bool | None = None,
+                 **host_args) -> None:
         from launcher.host import Host
         from launcher.loader import load_elf
         from launcher.machine import Machine
 
-        self.machine = Machine(16 << 20)
+        self.machine = Machine(16 << 20, apic=apic)
         image = load_elf(self.machine.memory, elf, want_symbols=True)
         self.symbols = image.symbols
         self.machine.set_start(self.symbols[label], ebp=param)

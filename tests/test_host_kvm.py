@@ -31,14 +31,18 @@ def test_pae_tables_switch_the_cpu_to_pae(guest_elf, force):
     assert h.done[0] == 0x44444444          # read through the remapped PTE
 
 
-def test_clock_event_wakes_halt_and_is_delivered(guest_elf):
-    h = Harness(guest_elf, "timer_halt", 5)
+@pytest.mark.parametrize("apic", [False, True], ids=["python", "in-the-vm"])
+def test_clock_event_wakes_halt_and_is_delivered(guest_elf, apic):
+    h = Harness(guest_elf, "timer_halt", 5, apic=apic)
     outcome = h.run()
     assert outcome.kind == "poweroff", outcome.message
     assert h.done[0] == 5
     from launcher.host.hypercalls import LHCALL_HALT, LHCALL_SET_CLOCKEVENT
-    assert h.host.hypercall_counts[LHCALL_HALT] == 5
-    assert h.host.hypercall_counts[LHCALL_SET_CLOCKEVENT] == 5
+    python = (h.host.hypercall_counts[LHCALL_HALT],
+              h.host.hypercall_counts[LHCALL_SET_CLOCKEVENT])
+    in_vm = (h.host.in_vm["HALT"], h.host.in_vm["SET_CLOCKEVENT"],
+             h.host.in_vm["clock interrupts delivered"])
+    assert (python, in_vm) == (((0, 0), (5, 5, 5)) if apic else ((5, 5), (0, 0, 0)))
 
 
 def test_held_back_irq_is_delivered_by_the_periodic_kick(guest_elf):

@@ -241,17 +241,11 @@ void bench_run(void)
  * stopped and one clock event (at most ~4 s ahead: the delta is 32 bits)
  * wakes us for the end, as a tickless Linux sleeps.
  */
-void idle_run(u32 seconds, int oneshot)
+static void idle_for(u64 ns, int oneshot)
 {
 	const u32 max_delta_ns = 4000000000u;
-	u64 end;
-	u32 ticks = timer_irqs, flags;
-
-	if (oneshot)
-		tick_stop();
-	console_mark("@b:idle\n");
-	end = now_ns() + (u64)seconds * 1000000000u;
-	flags = irq_save();
+	u64 end = now_ns() + ns;
+	u32 flags = irq_save();
 	for (;;) {
 		u64 now = now_ns();
 		if (now >= end)
@@ -264,6 +258,19 @@ void idle_run(u32 seconds, int oneshot)
 		irq_disable();
 	}
 	irq_restore(flags);
+}
+
+void idle_run(u32 seconds, int oneshot)
+{
+	u32 ticks = timer_irqs;
+
+	if (oneshot)
+		tick_stop();
+	/* Let the console's last interrupts come in before the window opens. */
+	console_flush();
+	idle_for(500000000u, oneshot);
+	console_mark("@b:idle\n");
+	idle_for((u64)seconds * 1000000000u, oneshot);
 	console_mark("@e:idle\n");
 	if (oneshot)
 		tick_start(TICK_NS);

@@ -82,6 +82,7 @@ class Host:
         self.signals = 0              # KVM_RUNs cut short by a signal for Python
         self.mmio_exits = 0           # G3 device-register accesses
         self.fast_faults = 0          # #PFs the Switcher reflected (at the end of a run)
+        self.in_vm: Counter[str] = Counter()   # all the Switcher did alone, by kind (ditto)
         self.hypercall_counts: Counter[int] = Counter()
         self.trap_counts: Counter[int] = Counter()
         self.ss1, self.esp1 = 0, 0
@@ -198,13 +199,14 @@ class Host:
         """Stop the Host's threads; the run is over. Page faults the
         Switcher reflected never exited: --stats lists them apart."""
         self.fast_faults = self.fast.count
+        self.in_vm.update({"page faults reflected": self.fast_faults,
+                           "system calls delivered": self.fast.syscalls,
+                           "port I/O, cli and CPUID answered": self.fast.gps,
+                           "SET_PTE": self.fast.ptes})
+        if self.clock_vm.on:
+            self.in_vm.update(self.clock_vm.counts())
         if self.recorder is not None:
-            self.recorder.in_vm["page faults reflected"] += self.fast_faults
-            self.recorder.in_vm["system calls delivered"] += self.fast.syscalls
-            self.recorder.in_vm["port I/O, cli and CPUID answered"] += self.fast.gps
-            self.recorder.in_vm["SET_PTE"] += self.fast.ptes
-            if self.clock_vm.on:
-                self.recorder.in_vm.update(self.clock_vm.counts())
+            self.recorder.in_vm.update(self.in_vm)
         if self.clock is not None:
             self.clock.stop()
             self.clock = None
