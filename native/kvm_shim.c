@@ -87,9 +87,25 @@ void shim_vcpu_fini(struct shim_vcpu *v)
  * runs with IF clear, so a kick that lands there waits until the iret back to
  * the guest, and enters the Switcher again at a clean instruction boundary.
  */
+static long send_msi_kick(struct shim_vcpu *v)
+{
+    struct kvm_msi msi;
+
+    memset(&msi, 0, sizeof(msi));
+    msi.address_lo = 0xFEE00000;           /* physical destination, APIC ID 0 */
+    msi.data = v->kick_vector;             /* fixed delivery, edge */
+    if (ioctl(v->vm_fd, KVM_SIGNAL_MSI, &msi) < 0)
+        return -errno;
+    __atomic_add_fetch(&v->msi_kicks, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
 static long inject_kick(struct shim_vcpu *v)
 {
     struct kvm_interrupt irq;
+
+    if (v->msi_kick)
+        return send_msi_kick(v);
 
     if (!v->run->ready_for_interrupt_injection) {
         v->run->request_interrupt_window = 1;
@@ -200,21 +216,16 @@ static void poke(struct shim_vcpu *v, volatile int *flag)
  * MSI to it: KVM makes the vCPU take the kick vector at its next
  * instruction boundary with IF set, waking it from a `hlt` if need be, and
  * the run loop never sees it. KVM_INTERRUPT is not used in that mode.
+ * An MSI cannot be taken back, so one is sent only while the vCPU thread is
+ * in the run loop: a kick that finds it in Python is left as kick_pending,
+ * which Python's delivery step clears (it is about to deliver anyway) or
+ * the run loop turns into the MSI before it enters KVM_RUN.
  */
 void shim_vcpu_kick(struct shim_vcpu *v)
 {
-    if (v->msi_kick) {
-        struct kvm_msi msi;
-
-        memset(&msi, 0, sizeof(msi));
-        msi.address_lo = 0xFEE00000;           /* physical destination, APIC ID 0 */
-        msi.data = v->kick_vector;             /* fixed delivery, edge */
-        if (ioctl(v->vm_fd, KVM_SIGNAL_MSI, &msi) >= 0) {
-            __atomic_add_fetch(&v->msi_kicks, 1, __ATOMIC_RELAXED);
-            return;
-        }
-        /* Cannot happen once the LAPIC is set up; never lose the kick. */
-    }
+    if (v->msi_kick && __atomic_load_n(&v->thread_valid, __ATOMIC_SEQ_CST)
+        && send_msi_kick(v) > 0)
+        return;
     poke(v, &v->kick_pending);
 }
 
