@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 from . import __version__
 from .errors import UserError
 from .kvm import KvmError
-from .fastpaths import fast_paths_default
+from .fastpaths import fast_clock_default, fast_paths_default
 from .run import Session
 from .terminal import guest_owns_terminal, stdin_fd
 
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                "(Linux 3.10-4.13);\nlguest's own form `launcher 64 vmlinux args...` "
                "(memory in MiB first) works too.\n\n"
                "LGUEST_FAST_PATHS=off in the environment makes every --no-fast-* "
-               "option the default.\n\n" + EXIT_STATUSES)
+               "option the default;\nLGUEST_FAST_CLOCK=on makes --fast-clock the default.\n\n"
+               + EXIT_STATUSES)
     p.add_argument("kernel", nargs="?", metavar="KERNEL", help="guest kernel image")
     p.add_argument("guest_args", nargs="*", metavar="GUEST ARGS",
                    help="the guest's command line (after KERNEL, or after --)")
@@ -118,15 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take page faults, system calls through an interrupt gate, SET_PTE, "
                         "and port I/O and CPUID answers through the Python Host instead of "
                         "letting the Switcher do them (slower; the reference behaviour)")
-    p.add_argument("--no-fast-clock", dest="fast_clock", action="store_false",
-                   help="take the guest's clock event, HALT and timer interrupt through the "
-                        "Python Host instead of KVM's local APIC and the Switcher (hundreds "
-                        "of exits a second more when idle; the reference behaviour)")
+    clock = p.add_mutually_exclusive_group()
+    clock.add_argument("--fast-clock", dest="fast_clock", action="store_true",
+                       help="keep the guest's clock event, HALT and timer interrupt in the VM "
+                            "(KVM's local APIC and the Switcher): hundreds of exits a second "
+                            "fewer when idle; off by default for now (README, Performance)")
+    clock.add_argument("--no-fast-clock", dest="fast_clock", action="store_false",
+                       help="take them through the Python Host (the default, and the "
+                            "reference behaviour)")
     p.add_argument("--no-ioeventfd", dest="ioeventfd", action="store_false",
                    help="G3 guests: take queue kicks as MMIO exits handled in Python, not "
                         "as KVM ioeventfds (slower; for measuring and debugging)")
     # LGUEST_FAST_PATHS=off makes every fast path default to off (CI runs both ways).
-    p.set_defaults(fast_traps=fast_paths_default(), fast_clock=fast_paths_default(),
+    p.set_defaults(fast_traps=fast_paths_default(), fast_clock=fast_clock_default(),
                    ioeventfd=fast_paths_default())
     p.add_argument("--no-testbed", action="store_true",
                    help="where this host's KVM cannot run lguest guests, stop instead of "

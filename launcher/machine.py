@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from . import descriptors as D
-from .fastpaths import choose
+from .fastpaths import fast_clock_default
 from .kvm import CpuidEntry, GuestRegion, Kvm, KvmError, Vcpu, Vm, lib_cap
 from .memory import GuestMemory
 from .switcher import (CS, DS, EFLAGS, EIP, ES, ESI, ESP, FS, GS, NREGS, PAGE, SS,
@@ -143,8 +143,8 @@ class Machine:
         self._setup_switcher_region()
         # The LAPIC must be asked for before the vCPU exists.
         self.apic_in_kernel = False
-        self.apic_note = "the clock in the VM is off (--no-fast-clock)"
-        if choose(apic):
+        self.apic_note = "the clock in the VM is off (--fast-clock turns it on)"
+        if fast_clock_default() if apic is None else apic:
             self.apic_note = self._enable_apic()
         self.vcpu: Vcpu = self.vm.create_vcpu(0, KICK_VECTOR)
         cpuid = filter_cpuid(self.kvm.supported_cpuid())

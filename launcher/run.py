@@ -39,7 +39,7 @@ from .virtio.net import Net
 from .hostnet.passt import default_mac, parse_user_net, user_net_backend
 from .hostnet.tap import TapBackend, parse_tunnet
 from .virtio.rng import Rng
-from .fastpaths import fast_paths_default
+from .fastpaths import fast_clock_default, fast_paths_default
 from .switcher import DATA_DIR, load_image
 
 BUNDLED_GUEST = os.path.join(DATA_DIR, "lgk.bzImage")      # images/: the own guest
@@ -65,7 +65,7 @@ class GuestConfig:
     # The fast paths (launcher/fastpaths.py): on unless LGUEST_FAST_PATHS=off.
     ioeventfd: bool = field(default_factory=fast_paths_default)   # G3 kicks as ioeventfds
     fast_traps: bool = field(default_factory=fast_paths_default)  # #PF reflected in the VM
-    fast_clock: bool = field(default_factory=fast_paths_default)  # clock, HALT, tick in the VM
+    fast_clock: bool = field(default_factory=fast_clock_default)  # clock, HALT, tick in the VM
     log: Callable[[str], None] | None = None   # --verbose: says what the launcher does
 
     def devices(self, on_interrupt) -> list[Device]:

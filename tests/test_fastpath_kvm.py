@@ -42,13 +42,14 @@ def test_a_frame_that_cannot_be_pushed_goes_to_python(guest_elf, fast):
 
 
 def launcher(*args: str) -> subprocess.CompletedProcess:
-    """The fast paths on, whatever LGUEST_FAST_PATHS says: these tests
-    compare them with the --no-fast-* runs they make themselves."""
+    """Every fast path on, the clock in the VM too, whatever the
+    environment says: these tests compare them with the --no-fast-* runs
+    they make themselves."""
     require_kvm()
     return subprocess.run([sys.executable, "-m", "launcher", "--mem", "64M", "--stats", *args],
                           capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL,
-                          env=dict(os.environ, LGUEST_FAST_PATHS="on"))
+                          env=dict(os.environ, LGUEST_FAST_PATHS="on", LGUEST_FAST_CLOCK="on"))
 
 
 def exits(stderr: str, kind: str) -> int:

@@ -36,7 +36,8 @@ def launcher(*args: str, input: str | None = None, guest_timeout: float = 60,
     cmd = [sys.executable, "-m", "launcher", "--timeout", f"{guest_timeout:g}", *args]
     env = None
     if fast_paths is not None:
-        env = dict(os.environ, LGUEST_FAST_PATHS="on" if fast_paths else "off")
+        env = dict(os.environ, LGUEST_FAST_PATHS="on" if fast_paths else "off",
+                   LGUEST_FAST_CLOCK="on" if fast_paths else "off")
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               input=input, env=env,
