@@ -3,6 +3,7 @@
 The package reads top-down, one duty per module:
 
 - ``cli``       the ``launcher`` command (start here as a user)
+- ``generations`` every difference between guest releases, one object each
 - ``machine``   builds the VM: RAM, the Switcher region, the vCPU
 - ``host/``     the lguest Host: exits, hypercalls, traps, interrupts ...
 - ``switcher``  the in-VM Switcher's layout, read from its ELF symbols

@@ -28,7 +28,6 @@ import re
 import threading
 import time
 
-from .host.lguest_data import G3
 from .run import BUNDLED_GUEST, GuestConfig, Session
 
 IDLE_SECONDS = 10
@@ -170,7 +169,7 @@ def linux_steady(kernel: str, initrd: str, fast: bool, seconds: int = IDLE_SECON
     session = console.session = Session(config)
     try:
         outcome = session.run()
-        layout = session.layout
+        generation = session.generation
     finally:
         session.close()
         os.close(read_fd)
@@ -183,7 +182,7 @@ def linux_steady(kernel: str, initrd: str, fast: bool, seconds: int = IDLE_SECON
     return {"boot_exits": console.at["userspace"][0],
             "exits_per_s": idle_e / idle_s,
             "cpu_pct": max(0.0, 100 * idle_c / idle_s),
-            "syscall_exits": max(0, dd_exits) / (2 * SYSCALL_BYTES), "g3": layout is G3}
+            "syscall_exits": max(0, dd_exits) / (2 * SYSCALL_BYTES), "g3": generation.name == "G3"}
 
 
 def timer_latency(fast: bool) -> dict:

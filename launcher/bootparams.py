@@ -3,8 +3,8 @@
 ``load_kernel`` puts a bzImage or a vmlinux-style ELF into guest memory,
 builds the zero page (``struct boot_params``) at guest-physical 0, the
 command line at 0x1000 and the initrd against the top of RAM, and tells
-which lguest generation the kernel is (from its version string), so the
-Host can pick the right ``lguest_data`` layout.
+which lguest generation the kernel is (from its version string: see
+generations.py), so the Host and the bus speak its ABI.
 
 Every check here is about the user's input: a failure is a ``UserError``
 (exit status 2, one sentence).
@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from .errors import UserError
-from .host.lguest_data import G1, G2, G3, LguestDataLayout
+from .generations import Generation, for_version
 from .memory import GuestMemory
 
 PAGE = 4096
@@ -57,29 +57,14 @@ MIN_PROTOCOL = 0x0207          # the first with hardware_subarch
 @dataclass
 class BootInfo:
     entry: int                  # guest-physical entry point (ring 1, linear mode)
-    layout: LguestDataLayout    # the generation's lguest_data
+    generation: Generation      # the lguest ABI it speaks
     version: str                # the kernel's version string, if found
     kernel_end: int             # first byte after what the kernel needs at boot
+    initrd_at: int = 0          # where the initrd starts (the end of RAM if none)
 
 
 def align_up(n: int, a: int = PAGE) -> int:
     return (n + a - 1) & ~(a - 1)
-
-
-def generation(version: str) -> LguestDataLayout:
-    """Which lguest ABI a kernel speaks, from "3.14.40 ..." (docs/abi.md §0)."""
-    m = re.match(r"(\d+)\.(\d+)", version)
-    if not m:
-        return G2
-    major, minor = int(m.group(1)), int(m.group(2))
-    if (major, minor) >= (4, 14):
-        raise UserError(f"Linux {major}.{minor} has no lguest guest support "
-                        "(it was removed in 4.14)")
-    if major == 4 and minor >= 1:
-        return G3
-    if major == 2:
-        return G1
-    return G2
 
 
 def kernel_version(data: bytes) -> str:
@@ -93,19 +78,13 @@ def kernel_version(data: bytes) -> str:
     return ""
 
 
-def kernel_layout(data: bytes, path: str) -> LguestDataLayout:
+def kernel_generation(data: bytes, path: str) -> Generation:
     """The generation of a kernel image's bytes, before loading it, from its
-    version string. An image without one (the own guest's ELF) speaks G2.
-    Linux 2.6 (G1) is refused: the launcher cannot run it yet."""
-    version = kernel_version(data)
+    version string. An image without one (the own guest's ELF) speaks G2."""
     try:
-        layout = generation(version)
+        return for_version(kernel_version(data))
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
-    if layout is G1:
-        raise UserError(f"{path}: Linux {version.split()[0]} is a 2.6-era lguest guest, which "
-                        "this launcher cannot run yet (it runs Linux 3.10-3.19 and 4.1-4.13)")
-    return layout
 
 
 def read_image(path: str) -> bytes:
@@ -147,6 +126,7 @@ def load_kernel(memory: GuestMemory, path: str, mem: int, cmdline: str = "",
                             f"--mem above the kernel: give the guest more memory")
         memory.write(initrd_at, blob)
     _write_zero_page(memory, header, mem, cmdline, initrd_at, initrd_size)
+    info.initrd_at = initrd_at
     return info
 
 
@@ -186,7 +166,14 @@ def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
         raise UserError(f"{path} needs {end >> 20} MiB to boot (it unpacks up to "
                         f"{end:#x}); give the guest more than that with --mem")
     memory.write(KERNEL_LOAD, payload)
-    return BootInfo(entry, generation(version_string), version_string, end), header
+    return BootInfo(entry, _generation(path, version_string), version_string, end), header
+
+
+def _generation(path: str, version: str) -> Generation:
+    try:
+        return for_version(version)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _is_64bit_bzimage(data: bytes, version: int) -> bool:
@@ -216,7 +203,7 @@ def _load_elf(memory: GuestMemory, path: str, data: bytes, mem: int) -> BootInfo
     if version and image.symbols and not any(s in image.symbols for s in LGUEST_SYMBOLS):
         raise UserError(f"{path} is Linux {version} built without lguest guest support "
                         "(CONFIG_LGUEST_GUEST)")
-    return BootInfo(image.entry, generation(version), version, image.end)
+    return BootInfo(image.entry, _generation(path, version), version, image.end)
 
 
 def _write_zero_page(memory: GuestMemory, header: bytes, mem: int, cmdline: str,

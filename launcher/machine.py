@@ -177,6 +177,22 @@ class Machine:
                 "<7I", e.function, e.index, e.flags & 1, e.eax, e.ebx, e.ecx, e.edx)).cast("I")
         self.cpuid_in_switcher = len(self.cpuid)
 
+    # -- `vmcall` (host/vmcall.py) ---------------------------------------------
+    def trap_vmcall(self) -> str | None:
+        """Make a guest's `vmcall` an #UD the Switcher sees, as under the
+        original Host. None if it now is; otherwise why it cannot be."""
+        if self.vendor not in ("AuthenticAMD", "HygonGenuine"):
+            return (f"on this {self.vendor or 'unknown'} CPU KVM answers `vmcall` itself "
+                    "(it is Intel's own hypercall instruction)")
+        quirk = lib_cap("KVM_X86_QUIRK_FIX_HYPERCALL_INSN")
+        if not self.kvm.check_extension(lib_cap("KVM_CAP_DISABLE_QUIRKS2")) & quirk:
+            return "this host's KVM (before Linux 5.19) always turns `vmcall` into its own hypercall"
+        try:
+            self.vm.enable_cap(lib_cap("KVM_CAP_DISABLE_QUIRKS2"), quirk, "KVM_CAP_DISABLE_QUIRKS2")
+        except KvmError as exc:
+            return f"this host's KVM refused to pass `vmcall` on ({exc})"
+        return None
+
     # -- the local APIC --------------------------------------------------------
     def _enable_apic(self) -> str:
         """Put a local APIC in KVM (and nothing else of a PC's interrupt

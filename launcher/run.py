@@ -24,8 +24,7 @@ from typing import BinaryIO, Callable
 
 from .host import Host, Outcome
 from .host.trace import ExitRecorder
-from .bootparams import kernel_layout, load_kernel, read_image
-from .host.lguest_data import G3
+from .bootparams import kernel_generation, load_kernel, read_image
 from .kvm import Kvm
 from .errors import UserError
 from .machine import Machine
@@ -108,7 +107,7 @@ class Session:
         self.initrd = read_image(config.initrd) if config.initrd else None
         # G1/G2 find devices on the lguest bus, G3 on PCI: the kernel's
         # version string says which before anything boots.
-        self.layout = kernel_layout(self.kernel, config.kernel)
+        self.generation = kernel_generation(self.kernel, config.kernel)
         self.host: Host | None = None
         self.devices = config.devices(self.console_interrupt)
         self.kvm: Kvm | None = None
@@ -184,7 +183,8 @@ class Session:
     def boot(self) -> Outcome:
         c = self.config
         self.open_kvm()
-        if self.layout is G3:
+        gen = self.generation
+        if gen.bus == "pci":
             bus: LguestBus | PciBus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
             machine = Machine(c.mem, kvm=self.kvm, apic=c.fast_clock)
             if bus.limit > machine.image.SW_BASE:
@@ -192,7 +192,8 @@ class Session:
                 raise UserError(f"--mem {c.mem >> 20}M leaves no room for the PCI devices' "
                                 "registers below 4 GiB: give the guest less memory")
         else:
-            bus = LguestBus(self.devices, early_console=c.console)
+            bus = LguestBus(self.devices, early_console=c.console,
+                            start_on_kick=gen.start_on_kick)
             machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm,
                               apic=c.fast_clock)
         timer = None
@@ -201,8 +202,11 @@ class Session:
             boot = self._load(machine.memory)
             machine.set_start(boot.entry)
             self.note_layout(machine, bus, boot)
-            host = self.host = Host(machine, layout=boot.layout, pae=c.pae,
+            if gen.vmcall:
+                self.pass_vmcall_on(machine, boot.version)
+            host = self.host = Host(machine, generation=gen, pae=c.pae,
                                      fast_traps=c.fast_traps)
+            host.boot_tables_below = boot.initrd_at
             if isinstance(bus, PciBus):
                 bus.install(host, vm=machine.vm)
             else:
@@ -224,14 +228,25 @@ class Session:
             bus.shutdown()
             machine.close(keep_kvm=True)
 
+    def pass_vmcall_on(self, machine: Machine, version: str) -> None:
+        """A 2.6.30-2.6.39 guest's `vmcall` must reach the Host (host/vmcall.py):
+        where it cannot, refuse the releases that need it for every call."""
+        why = machine.trap_vmcall()
+        if why is None:
+            self.note("`vmcall` reaches the Host as #UD (KVM's hypercall patching is off)")
+        elif self.generation.first < (2, 6, 34):
+            raise UserError(f"{self.config.kernel}: Linux {version.split()[0]} makes every "
+                            f"hypercall with `vmcall`, and {why}: it cannot run on this host "
+                            "(Linux 2.6.25-2.6.29 and 2.6.34 on can)")
+        else:
+            self.note(f"`vmcall` stays KVM's ({why}): send_interrupts is rewritten at INIT")
+
     def note_layout(self, machine: Machine, bus: "LguestBus | PciBus", boot) -> None:
         if self.config.log is None:
             return
         c = self.config
-        how = ("virtio 1.0 devices on an emulated PCI bus" if self.layout is G3
-               else "devices on the lguest bus")
         self.note(f"kernel {c.kernel}: Linux {boot.version or '(no version string)'}, "
-                  f"lguest generation {boot.layout.name} ({how}); entry {boot.entry:#x}, "
+                  f"lguest generation {boot.generation.describe()}; entry {boot.entry:#x}, "
                   f"the kernel ends at {boot.kernel_end:#x}")
         top = machine.image.SW_BASE
         if isinstance(bus, PciBus):

@@ -166,6 +166,8 @@
         .set SW_FAST_CLOCKEVENTS, SW_REGPAGE + 0xDC
         .set SW_FAST_HALTS,     SW_REGPAGE + 0xE0
         .set SW_FAST_TICKS,     SW_REGPAGE + 0xE4
+        .globl SW_IRQPEND_SINK
+        .set SW_IRQPEND_SINK,   SW_REGPAGE + 0xF4   /* SW_IRQPEND_AT for a guest with no irq_pending */
         .set SW_TIMER_VECTOR,   0xEF
         .set SW_SPURIOUS_VECTOR, 0xFF
         .set MSR_X2APIC_EOI,    0x80B

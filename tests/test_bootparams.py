@@ -5,7 +5,7 @@ import pytest
 
 from launcher import bootparams as B
 from launcher.errors import UserError
-from launcher.host.lguest_data import G1, G2, G3
+from launcher.generations import G1, G1_EARLY, G2, G3, for_version
 from launcher.memory import GuestMemory
 
 MEM = 32 << 20
@@ -42,7 +42,7 @@ def test_bzimage_zero_page_follows_lguest(tmp_path):
     initrd.write_bytes(b"R" * 5000)
     info, m = load(tmp_path, bzimage(), cmdline="console=hvc0 root=/dev/vda",
                    initrd=str(initrd))
-    assert info.entry == 0x100000 and info.layout is G2 and info.version.startswith("3.14.40")
+    assert info.entry == 0x100000 and info.generation.data is G2 and info.version.startswith("3.14.40")
     assert m.read(0x100000, 4) == b"\x90" * 4
     assert m.u8(B.ZP_E820_ENTRIES) == 1
     assert struct.unpack_from("<QQI", m.read(B.ZP_E820_MAP, 20)) == (0, MEM, 1)
@@ -59,15 +59,20 @@ def test_bzimage_zero_page_follows_lguest(tmp_path):
     assert m.u8(B.ZP_SENTINEL) == 0
 
 
-@pytest.mark.parametrize("kver,layout", [("2.6.32.63", G1), ("3.10.99", G2), ("4.1.52", G3),
+@pytest.mark.parametrize("kver,layout", [("2.6.25", G1_EARLY), ("2.6.30.10", G1_EARLY),
+                                         ("2.6.32.63", G1), ("2.6.39.3", G1),
+                                         ("3.10.99", G2), ("4.0.9", G2), ("4.1.52", G3),
                                          ("4.9.229", G3), ("", G2)])
 def test_generation_from_the_version_string(kver, layout):
-    assert B.generation(kver) is layout
+    assert for_version(kver).data is layout
 
 
-def test_kernels_without_lguest_are_refused():
-    with pytest.raises(UserError, match="removed in 4.14"):
-        B.generation("5.10.0")
+@pytest.mark.parametrize("kver,match", [("5.10.0", "removed in 4.14"),
+                                        ("2.6.24", "2.6.24 is not supported yet"),
+                                        ("2.6.18", "predates lguest")])
+def test_kernels_without_a_usable_lguest_are_refused(kver, match):
+    with pytest.raises(UserError, match=match):
+        for_version(kver)
 
 
 @pytest.mark.parametrize("data,match", [
@@ -130,4 +135,4 @@ def test_a_vmlinux_without_lguest_support_is_refused(tmp_path):
         B.load_kernel(GuestMemory(bytearray(MEM)), path, MEM)
     ok = _linux_like_elf(tmp_path, with_lguest=True)
     info = B.load_kernel(GuestMemory(bytearray(MEM)), ok, MEM)
-    assert info.layout is G2 and info.version.startswith("3.14.40")
+    assert info.generation.data is G2 and info.version.startswith("3.14.40")

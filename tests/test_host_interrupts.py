@@ -212,13 +212,13 @@ def test_notify_map_add_waits_for_readers_of_the_old_snapshot():
 
 
 def test_g3_delivery_at_the_final_iret_reuses_the_frame():
-    from launcher.host.lguest_data import G3
+    from launcher.generations import GEN_G3
     m = FakeMachine()
     m.memory.set_u32(LDATA + 1384, 0x80)          # G3 syscall_vec
     m.memory.set_u32(LDATA + 1380, 0xC0000000)    # G3 kernel_address
     m.memory.set_u32(LDATA + 1376, 0x5000)        # noirq_iret
     m.memory.write(LDATA + 24, b"\xff" * 64)
-    h = Host(m, layout=G3)
+    h = Host(m, generation=GEN_G3)
     h.hcall_init(LDATA)
     h.traps.load_idt_entry(32, *D.split(D.gate(HANDLER, 0x60, 0xE, 0)))
     r = m.regs

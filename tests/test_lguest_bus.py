@@ -96,3 +96,25 @@ def test_a_bad_chain_in_a_device_thread_kills_the_guest(bus):
     while bus.host.outcome is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert bus.host.outcome.kind == "killed" and "loops" in bus.host.outcome.message
+
+
+def test_g1_starts_a_device_at_driver_ok_or_at_its_first_kick(bus):
+    """Linux 2.6 notifies every status write (or none but the reset): the
+    device must not start before the accepted features are final."""
+    bus.start_on_kick = True
+    blk, rng = bus.slots
+    for status in (1, 3):                     # ACK, DRIVER: too early
+        bus.memory.set_u8(blk.status_at, status)
+        bus.host.notify(blk.desc)
+        assert blk.runner is None
+    bus.memory.set_u8(blk.status_at, 7)       # DRIVER_OK
+    bus.host.notify(blk.desc)
+    assert blk.runner is not None
+    d = FakeDriver(bus.memory, rng.rings[0], num=256, data=0x100000)
+    d.offer([], [16])
+    bus.host.notify(rng.rings[0])             # a kick, never a status: starts it
+    assert rng.runner is not None
+    deadline = time.monotonic() + 5
+    while not bus.raised and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bus.raised == [2] and d.used() == [(0, 16)]

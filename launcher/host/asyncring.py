@@ -2,7 +2,8 @@
 
 In lazy sections (page-table batches, context switches) the guest queues
 hypercalls in lguest_data instead of trapping for each: 64 entries, each a
-status byte (0xFF free, 0 queued) and five argument words. The Host drains
+status byte (0xFF free, 0 queued) and the argument words (five from Linux
+2.6.31 on, four before, in an order generations.RingEntry gives). The Host drains
 the ring at the start of every synchronous hypercall, from a cursor that
 persists across drains, executing each entry exactly as if it had been a
 synchronous call.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GuestFault
 from . import hypercalls as H
-from .lguest_data import HCALL_ARGS_SIZE, LHCALL_RING_SIZE
+from .lguest_data import LHCALL_RING_SIZE
 
 if TYPE_CHECKING:
     from .core import Host
@@ -47,6 +48,8 @@ class AsyncRing:
         memory = host.memory
         status_at = self.status_at
         args_at = data.gpa + data.layout.hcalls
+        entry = host.generation.ring
+        pad = (0,) * (4 - len(entry.args))
         # Only what was queued when we started: the guest may keep queueing.
         snapshot = memory.read(status_at, LHCALL_RING_SIZE, "async hypercall status")
         for _ in range(LHCALL_RING_SIZE):
@@ -54,11 +57,10 @@ class AsyncRing:
             if snapshot[n] == STATUS_FREE:
                 break
             self.cursor = (n + 1) % LHCALL_RING_SIZE
-            at = args_at + n * HCALL_ARGS_SIZE
+            at = args_at + n * entry.size
             call = memory.u32(at)
             if call == H.LHCALL_LGUEST_INIT:
                 raise GuestFault("LGUEST_INIT queued in the async hypercall ring")
-            host.dispatch(call, memory.u32(at + 4), memory.u32(at + 8),
-                          memory.u32(at + 12), memory.u32(at + 16))
+            host.dispatch(call, *(memory.u32(at + off) for off in entry.args), *pad)
             memory.set_u8(status_at + n, STATUS_FREE)
             self.executed += 1

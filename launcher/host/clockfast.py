@@ -72,7 +72,10 @@ class ClockInVm:
         host = self.host
         data, window = host.lguest_data, host.fast.window
         layout = data.layout
-        self._set("SW_IRQPEND_AT", window + layout.irq_pending)
+        # Linux 2.6.25-2.6.30 have no irq_pending: the Switcher's store
+        # goes to a word of its own instead (Python's kicks find the IRQ).
+        self._set("SW_IRQPEND_AT", host.image.SW_IRQPEND_SINK if layout.irq_pending is None
+                  else window + layout.irq_pending)
         self._set("SW_TIME_AT", window + layout.time)
         start, end = host.noirq
         self._set("SW_NOIRQ_START", start)

@@ -22,16 +22,18 @@ from typing import Callable
 
 from ..errors import GuestFault
 from ..fastpaths import choose
+from ..generations import GEN_G2, Generation
 from ..kvm import EXIT_NAMES, KvmError, lib
 from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY, X86_EFLAGS_IF, Machine
 from ..switcher import (CS, DS, EAX, EBP, EBX, ECX, EDI, EDX, EFLAGS, EIP, ERRCODE, ES, ESI,
                         FS, GS, SS, TRAPNUM, PAGE)
 from . import hypercalls as H
+from . import boottables, vmcall
 from .asyncring import AsyncRing
 from .clockfast import ClockInVm
 from .fastpath import FastPath
 from .interrupts import Interrupts
-from .lguest_data import G2, LguestData, LguestDataLayout
+from .lguest_data import LguestData
 from .notify import NotifyMap
 from .pagetables import PageTables
 from .segments import Segments
@@ -66,10 +68,14 @@ class Outcome:
 class Host:
     """The lguest Host for one guest on one ``Machine``."""
 
-    def __init__(self, machine: Machine, layout: LguestDataLayout = G2,
+    def __init__(self, machine: Machine, generation: Generation = GEN_G2,
                  pae: bool | None = None, fast_traps: bool | None = None) -> None:
         self.machine = machine
-        self.layout = layout
+        self.generation = generation
+        self.layout = generation.data
+        # G1: where the Launcher left room for the boot page tables (the
+        # start of the initrd, or the end of RAM); the Session sets it.
+        self.boot_tables_below = machine.layout.ram_size
         self.lguest_data: LguestData | None = None
         self.memory = machine.memory
         self.regs = machine.regs
@@ -81,6 +87,7 @@ class Host:
         self.outcome: Outcome | None = None
         self.signals = 0              # KVM_RUNs cut short by a signal for Python
         self.mmio_exits = 0           # G3 device-register accesses
+        self.vmcall_rewrites = 0      # G1 `vmcall`s made `int $0x1f` (host/vmcall.py)
         self.fast_faults = 0          # #PFs the Switcher reflected (at the end of a run)
         self.in_vm: Counter[str] = Counter()   # all the Switcher did alone, by kind (ditto)
         self.hypercall_counts: Counter[int] = Counter()
@@ -102,26 +109,35 @@ class Host:
         self.recorder: ExitRecorder | None = None # --stats / --trace
         self.ts_wanted = False
         pt = self.pagetables
-        # Built once: dispatch is one dict lookup per exit.
-        self.hypercalls: dict[int, H.Handler] = {
-            H.LHCALL_LGUEST_INIT: self.hcall_init,
-            H.LHCALL_SHUTDOWN: self.hcall_shutdown,
-            H.LHCALL_NEW_PGTABLE: lambda top, _a, _b, _c: pt.new_pgtable(top),
-            H.LHCALL_FLUSH_TLB: lambda all_, _a, _b, _c: pt.flush_tlb(all_),
-            H.LHCALL_LOAD_IDT_ENTRY: self.load_idt_entry,
-            H.LHCALL_SET_STACK: lambda ss, esp, pages, _: self.set_stack(ss, esp, pages),
-            H.LHCALL_TS: lambda ts, _a, _b, _c: self.set_ts(ts),
-            H.LHCALL_SET_CLOCKEVENT: lambda delta, _a, _b, _c: self.set_clockevent(delta),
-            H.LHCALL_HALT: self.hcall_halt,
-            H.LHCALL_SET_PMD: lambda pmd, idx, _a, _b: pt.set_pmd(pmd, idx),
-            H.LHCALL_SET_PTE: pt.set_pte,
-            H.LHCALL_SET_PGD: lambda top, idx, _a, _b: pt.set_pgd(top, idx),
-            H.LHCALL_LOAD_TLS: lambda gpa, _cpu, _a, _b: self.segments.load_tls(gpa),
-            H.LHCALL_NOTIFY: lambda gpa, _a, _b, _c: self.notify(gpa),
-            H.LHCALL_LOAD_GDT_ENTRY: lambda i, lo, hi, _: self.segments.load_gdt_entry(i, lo, hi),
-            H.LHCALL_FLUSH_ASYNC: self.hcall_nop,
-            H.LHCALL_SEND_INTERRUPTS: self.hcall_nop,
+        duties: dict[str, H.Handler] = {
+            "LGUEST_INIT": self.hcall_init,
+            "SHUTDOWN": self.hcall_shutdown,
+            "NEW_PGTABLE": lambda top, _a, _b, _c: pt.new_pgtable(top),
+            "FLUSH_TLB": lambda all_, _a, _b, _c: pt.flush_tlb(all_),
+            "LOAD_IDT_ENTRY": self.load_idt_entry,
+            "SET_STACK": lambda ss, esp, pages, _: self.set_stack(ss, esp, pages),
+            "TS": lambda ts, _a, _b, _c: self.set_ts(ts),
+            "SET_CLOCKEVENT": lambda delta, _a, _b, _c: self.set_clockevent(delta),
+            "HALT": self.hcall_halt,
+            "SET_PMD": lambda pmd, idx, _a, _b: pt.set_pmd(pmd, idx),
+            "SET_PTE": pt.set_pte,
+            "SET_PGD": lambda top, idx, _a, _b: pt.set_pgd(top, idx),
+            "LOAD_TLS": lambda gpa, _cpu, _a, _b: self.segments.load_tls(gpa),
+            "NOTIFY": lambda gpa, _a, _b, _c: self.notify(gpa),
+            "LOAD_GDT_ENTRY": lambda i, lo, hi, _: self.segments.load_gdt_entry(i, lo, hi),
+            "LOAD_GDT": lambda gpa, n, _a, _b: self.segments.load_gdt(gpa, n),
+            "FLUSH_ASYNC": self.hcall_nop,
+            "SEND_INTERRUPTS": self.hcall_nop,
         }
+        # Built once from the generation's numbers: dispatch is one dict
+        # lookup per exit.
+        self.hypercalls: dict[int, H.Handler] = {
+            number: duties[duty] for number, duty in generation.calls.items()}
+        # Which registers carry arg1..arg4 (generations.py); the common
+        # case is read inline in do_hypercall.
+        self.args_from_ebx = generation.arg_registers == (EBX, ECX, EDX, ESI)
+        self.arg_slots = generation.arg_registers
+        self.absent_args = (0,) * (4 - len(self.arg_slots))
         self.trap_handlers: dict[int, Callable[[], None]] = {
             LGUEST_TRAP_ENTRY: self.do_hypercall,
             7: self.on_device_not_available,
@@ -129,6 +145,10 @@ class Host:
             14: self.on_page_fault,
             KICK_VECTOR: self.on_host_interrupt,
         }
+        if generation.vmcall:
+            # `vmcall` reaches us as #UD (host/vmcall.py), so 6 is never direct.
+            self.trap_handlers[6] = self.on_invalid_opcode
+            self.traps.never_direct = self.traps.never_direct | {6}
         # The Launcher's side: NOTIFY values the Host does not handle itself.
         self.on_notify: Callable[[int], None] = lambda gpa: None
         # Tests and the Launcher may hook the port-I/O emulation.
@@ -339,7 +359,10 @@ class Host:
         handler = self.hypercalls.get(number)
         if handler is None:
             raise GuestFault(f"unknown hypercall {number}")
-        handler(r[EBX], r[ECX], r[EDX], r[ESI])
+        if self.args_from_ebx:
+            handler(r[EBX], r[ECX], r[EDX], r[ESI])
+        else:
+            handler(*(r[i] for i in self.arg_slots), *self.absent_args)
 
     def dispatch(self, number: int, a1: int, a2: int, a3: int, a4: int) -> None:
         handler = self.hypercalls.get(number)
@@ -366,15 +389,34 @@ class Host:
         else:
             self.noirq_iret = data.get("noirq_iret")
         self.kernel_address = kernel_address
-        # The top 4 MiB (PDE 1023; PMD 510-511 with PAE) is the Switcher's.
+        # The top 4 MiB (PDE 1023; PMD 510-511 with PAE) is the Switcher's,
+        # whatever the generation (G1's Host reserved only 2 MiB with PAE;
+        # the guest keeps out of whatever we say).
         data.set("reserve_mem", 0x100000000 - self.image.SW_BASE)
         self.set_wallclock(data)
         self.lguest_data = data
         self.async_ring.attach()
         self.fast.attach()
         self.clock_vm.attach()
+        if self.generation.host_boot_tables:
+            self.install_boot_tables(data)
+        if self.generation.vmcall:
+            vmcall.patch_known_sites(self)
         self.clock = ClockEvent(self)
         self.interrupts.on_held_back = self.clock.wake
+
+    def install_boot_tables(self, data: LguestData) -> None:
+        """G1 (docs/abi.md §1.5): the guest goes on from INIT at its virtual
+        addresses, on page tables the Host built, and keeps their address
+        in lguest_data.pgdir."""
+        pt = self.pagetables
+        if pt.pae is None:
+            pt.pae = self.generation.may_be_pae and boottables.image_is_pae(
+                self.memory, self.boot_tables_below)
+        top = boottables.build(self.memory, self.machine.layout.ram_size,
+                               self.boot_tables_below, pt.pae, self.kernel_address)
+        data.set("pgdir", top)
+        pt.new_pgtable(top)
 
     def set_wallclock(self, data: LguestData) -> None:
         ns = time.time_ns()
@@ -459,6 +501,12 @@ class Host:
         every hypercall and every resume already have."""
 
     # -- traps -----------------------------------------------------------------
+    def on_invalid_opcode(self) -> None:
+        """#UD: a G1 guest's `vmcall` becomes `int $0x1f; nop` and runs
+        again as a hypercall (host/vmcall.py); any other #UD is the guest's."""
+        if not vmcall.rewrite_at_eip(self):
+            self.traps.reflect(6)
+
     def on_host_interrupt(self) -> None:
         """A kick or other host interrupt: nothing to do but reach the
         delivery point in prepare_resume."""
@@ -481,9 +529,14 @@ class Host:
 
     def on_general_protection(self) -> None:
         if self.regs[ERRCODE] == 0 and (self.emulate_io() or self.emulate_cpuid()
-                                        or self.emulate_read_cr4()):
+                                        or self.emulate_read_cr4() or self.vmcall_gp()):
             return
         self.traps.reflect(13)
+
+    def vmcall_gp(self) -> bool:
+        """Some CPUs raise #GP(0), not #UD, for a `vmcall` outside VMX
+        (the original Host saw both; QEMU's emulated SVM does this)."""
+        return self.generation.vmcall and vmcall.rewrite_at_eip(self)
 
     def emulate_read_cr4(self) -> bool:
         """`mov %cr4, reg` at ring 1 reads 0, as lguest's read_cr4 does.

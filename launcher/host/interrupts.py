@@ -89,7 +89,7 @@ class Interrupts:
             # until the IRQ is unmasked, an exit each time for nothing.
             if self.held_back:
                 self.held_back = False
-                data.set("irq_pending", 0)
+                data.set_irq_pending(0)
             return
         irq = (cand & -cand).bit_length() - 1
         eip = host.regs[EIP]
@@ -100,7 +100,7 @@ class Interrupts:
             data.set("irq_enabled", X86_EFLAGS_IF)    # HALT is "sti; hlt"
             self.halted = False
         elif not data.get("irq_enabled") & X86_EFLAGS_IF:
-            data.set("irq_pending", X86_EFLAGS_IF)
+            data.set_irq_pending(X86_EFLAGS_IF)
             if not self.held_back:
                 self.held_back = True
                 self.on_held_back()
@@ -117,5 +117,5 @@ class Interrupts:
                 host.traps.deliver(vector, False)
         host.set_wallclock(data)
         if not cand:
-            data.set("irq_pending", 0)
+            data.set_irq_pending(0)
 

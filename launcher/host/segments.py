@@ -41,6 +41,16 @@ class Segments:
         if index not in HOST_ENTRIES:
             self.gdt[index] = fixup(desc)
 
+    def load_gdt(self, gpa: int, count: int) -> None:
+        """LOAD_GDT (Linux 2.6.25-2.6.29): the whole table at once, as
+        ``count`` descriptors at ``gpa``, each as LOAD_GDT_ENTRY would."""
+        if count > GDT_ENTRIES:
+            raise GuestFault(f"LOAD_GDT: {count} entries, more than the {GDT_ENTRIES} of the GDT")
+        raw = self.memory.read(gpa, 8 * count, "LOAD_GDT descriptors")
+        for i in range(count):
+            self.load_gdt_entry(i, int.from_bytes(raw[8 * i:8 * i + 4], "little"),
+                                int.from_bytes(raw[8 * i + 4:8 * i + 8], "little"))
+
     def load_tls(self, gpa: int) -> None:
         raw = self.memory.read(gpa, 8 * GDT_ENTRIES_TLS, "LOAD_TLS descriptors")
         for i in range(GDT_ENTRIES_TLS):

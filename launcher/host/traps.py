@@ -37,6 +37,7 @@ class Traps:
         self.machine = host.machine
         self.guest_idt: list[tuple[int, int]] = [(0, 0)] * IDT_ENTRIES
         self.syscall_vector = SYSCALL_VECTOR
+        self.never_direct = NEVER_DIRECT      # the Host adds #UD for G1's vmcall
 
     # -- LOAD_IDT_ENTRY ----------------------------------------------------
     def load_idt_entry(self, vector: int, low: int, high: int) -> None:
@@ -59,7 +60,7 @@ class Traps:
         low, high = self.guest_idt[vector]
         if not D.gate_present(high) or D.gate_type(high) != D.GATE_TRAP:
             return False
-        return (vector < 32 and vector not in NEVER_DIRECT) or vector == self.syscall_vector
+        return (vector < 32 and vector not in self.never_direct) or vector == self.syscall_vector
 
     def update_real_gate(self, vector: int) -> None:
         low, high = self.guest_idt[vector]

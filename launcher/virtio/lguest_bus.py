@@ -11,8 +11,10 @@ The guest speaks to the bus only through NOTIFY:
 - a ring's address kicks that queue (the notify map makes this an eventfd
   write without leaving the vCPU thread's hypercall path);
 - a descriptor's address says its status changed: 0 resets the device,
-  FAILED stops it, and otherwise (G2: when features are finalized) the
-  device starts;
+  FAILED stops it, and otherwise the device starts: G2 says so once, when
+  the features are final; a G1 guest (Linux 2.6) notifies every status
+  write (the earliest none but the reset), so there the device starts at
+  DRIVER_OK or at the first kick of one of its rings, whichever comes first;
 - any other address below the guest's memory is the early console's string.
 """
 from __future__ import annotations
@@ -65,11 +67,13 @@ def pages_needed(devices: list[Device]) -> int:
 
 
 class LguestBus:
-    def __init__(self, devices: list[Device], early_console: BinaryIO | None = None) -> None:
+    def __init__(self, devices: list[Device], early_console: BinaryIO | None = None,
+                 start_on_kick: bool = False) -> None:
         if sum(d.num_queues for d in devices) > MAX_QUEUES:
             raise ValueError("too many virtqueues for the lguest bus (31 at most)")
         self.devices = devices
         self.early_console = early_console or sys.stdout.buffer
+        self.start_on_kick = start_on_kick      # G1 (generations.py)
         self.slots: list[BusSlot] = []
         self.by_ring: dict[int, tuple[BusSlot, int]] = {}
         self.by_desc: dict[int, BusSlot] = {}
@@ -113,6 +117,8 @@ class LguestBus:
         hit = self.by_ring.get(value)
         if hit is not None:
             slot, index = hit
+            if slot.runner is None and self.start_on_kick:
+                self.start(slot)
             if slot.runner is not None:
                 slot.runner.kick(index)
             return
@@ -138,9 +144,11 @@ class LguestBus:
             print(f"launcher: the guest's {slot.device.name} driver failed", file=sys.stderr)
             self.reset(slot)
         elif slot.runner is None:
-            if status & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK):
+            ready = VIRTIO_CONFIG_S_DRIVER_OK if self.start_on_kick else \
+                VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK
+            if status & ready:
                 self.start(slot)
-        elif not status & VIRTIO_CONFIG_S_DRIVER_OK:
+        elif not status & VIRTIO_CONFIG_S_DRIVER_OK and not self.start_on_kick:
             raise GuestFault(f"the {slot.device.name} device was started twice without a reset")
 
     def start(self, slot: BusSlot) -> None:
