@@ -61,6 +61,10 @@ class BootInfo:
     version: str                # the kernel's version string, if found
     kernel_end: int             # first byte after what the kernel needs at boot
     initrd_at: int = 0          # where the initrd starts (the end of RAM if none)
+    # Where the running kernel's image will lie once unpacked, as far as
+    # the header tells (protocol 2.10 gives it exactly; else a bound): the
+    # Host looks there for what it must patch or learn at INIT (G1).
+    image: tuple[int, int] = (KERNEL_LOAD, 64 << 20)
 
 
 def align_up(n: int, a: int = PAGE) -> int:
@@ -158,15 +162,18 @@ def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
     payload = data[pm_offset:]
     entry = struct.unpack_from("<I", data, ZP_CODE32_START)[0]
     end = KERNEL_LOAD + len(payload)
+    image = (KERNEL_LOAD, 64 << 20)
     if version >= 0x020A:
         pref = struct.unpack_from("<Q", data, ZP_PREF_ADDRESS)[0]
         init_size = struct.unpack_from("<I", data, ZP_INIT_SIZE)[0]
         end = max(end, pref + init_size)
+        image = (pref, pref + init_size)
     if end > mem:
         raise UserError(f"{path} needs {end >> 20} MiB to boot (it unpacks up to "
                         f"{end:#x}); give the guest more than that with --mem")
     memory.write(KERNEL_LOAD, payload)
-    return BootInfo(entry, _generation(path, version_string), version_string, end), header
+    return BootInfo(entry, _generation(path, version_string), version_string, end,
+                    image=image), header
 
 
 def _generation(path: str, version: str) -> Generation:
@@ -203,7 +210,8 @@ def _load_elf(memory: GuestMemory, path: str, data: bytes, mem: int) -> BootInfo
     if version and image.symbols and not any(s in image.symbols for s in LGUEST_SYMBOLS):
         raise UserError(f"{path} is Linux {version} built without lguest guest support "
                         "(CONFIG_LGUEST_GUEST)")
-    return BootInfo(image.entry, _generation(path, version), version, image.end)
+    return BootInfo(image.entry, _generation(path, version), version, image.end,
+                    image=(KERNEL_LOAD, image.end))
 
 
 def _write_zero_page(memory: GuestMemory, header: bytes, mem: int, cmdline: str,

@@ -207,6 +207,7 @@ class Session:
             host = self.host = Host(machine, generation=gen, pae=c.pae,
                                      fast_traps=c.fast_traps)
             host.boot_tables_below = boot.initrd_at
+            host.kernel_image = boot.image
             if isinstance(bus, PciBus):
                 bus.install(host, vm=machine.vm)
             else:

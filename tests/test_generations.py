@@ -130,12 +130,13 @@ def test_g1_pae_boot_tables():
 
 def test_a_pae_kernel_image_is_told_by_its_boot_pdpt():
     m = FakeMachine(32 * MIB).memory
-    assert not boottables.image_is_pae(m, 32 * MIB)
+    assert not boottables.image_is_pae(m, MIB, 32 * MIB)
     pdpt, pmd = 0x1200000, 0x1500000
     m.write(pdpt, struct.pack("<4Q", pmd | 1, 0, 0, pmd | 1))      # 3G/1G split
-    assert boottables.image_is_pae(m, 32 * MIB)
+    assert boottables.image_is_pae(m, MIB, 32 * MIB)
+    assert not boottables.image_is_pae(m, 0x1300000, 32 * MIB)     # outside the kernel
     m.write(pdpt, struct.pack("<4Q", pmd | 0x67, 0, 0, pmd | 1))   # a PDE-like entry: no
-    assert not boottables.image_is_pae(m, 32 * MIB)
+    assert not boottables.image_is_pae(m, MIB, 32 * MIB)
 
 
 def test_no_room_for_boot_tables_kills():

@@ -21,22 +21,13 @@ import re
 
 import pytest
 
-from kvm_support import require_kvm
+from kvm_support import initrd_for, require_kvm
 from launcher.api import Guest
-from launcher.bootparams import kernel_version
 
 pytestmark = pytest.mark.kvm
 
 KERNELS = [k for k in os.environ.get("LGUEST_TEST_KERNELS", "").split(":") if k]
 INITRD = os.environ.get("LGUEST_TEST_INITRD")
-INITRD_2_6 = os.environ.get("LGUEST_TEST_INITRD_2_6") or INITRD
-
-
-def initrd_for(kernel: str) -> str | None:
-    """The initramfs for this kernel: Linux 2.6 ones may need their own."""
-    with open(kernel, "rb") as f:
-        version = kernel_version(f.read())
-    return INITRD_2_6 if version.startswith("2.6.") else INITRD
 BOOT_TIMEOUT = float(os.environ.get("LGUEST_TEST_BOOT_TIMEOUT", "300"))
 # The fork/exec workload: a G3 kernel takes ~3x the exits of a G2 one for it,
 # and in the testbed every exit runs the Host's Python under emulation.

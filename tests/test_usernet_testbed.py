@@ -12,6 +12,7 @@ import socket
 
 import pytest
 
+from kvm_support import initrd_for
 from launcher.api import Guest
 from usernet_dialogue import GUEST_PORT, serve, talk
 
@@ -50,7 +51,7 @@ def test_user_networking_reaches_this_host_from_inside_the_testbed(kernel, tmp_p
     page, forward = free_port(), free_port()
     server = serve(str(tmp_path), page)
     try:
-        with Guest(kernel, mem="128M", initrd=INITRD, args=["console=hvc0"],
+        with Guest(kernel, mem="128M", initrd=initrd_for(kernel), args=["console=hvc0"],
                    net=[f"user,hostfwd=tcp:127.0.0.1:{forward}-:{GUEST_PORT}"],
                    timeout=BOOT_TIMEOUT + 300) as g:
             talk(g, BOOT_TIMEOUT, page, forward)

@@ -24,7 +24,6 @@ PDPT_PRESENT = 0x1
 PAE_PMD_LIMIT = 510          # PMD 510-511 are the Switcher's (pagetables.SWITCHER_PMD)
 SWITCHER_PDE = 1023
 KERNEL_IMAGE_START = 0x100000     # G1 kernels load at 1 MiB or 16 MiB
-KERNEL_SCAN_END = 64 << 20        # ... and their data lies well below this
 
 
 def build(memory: GuestMemory, ram: int, below: int, pae: bool, kernel_address: int) -> int:
@@ -67,15 +66,15 @@ def build(memory: GuestMemory, ram: int, below: int, pae: bool, kernel_address: 
     return top
 
 
-def image_is_pae(memory: GuestMemory, end: int) -> bool:
+def image_is_pae(memory: GuestMemory, start: int, end: int) -> bool:
     """A PAE kernel's image holds its boot PDPT ready-made (head_32.S):
     a page-aligned table whose present entries carry nothing but the
     present bit, pointing at consecutive PMD pages, the last entry always
     present (it maps the kernel), the first too (the identity map). No
-    non-PAE kernel has a page that starts like that."""
-    end = min(end, KERNEL_SCAN_END)
+    non-PAE kernel has a page that starts like that. [start, end) is
+    where the kernel lies."""
     view = memory.view
-    for at in range(KERNEL_IMAGE_START, end - 32, PAGE):
+    for at in range(start & ~(PAGE - 1), end - 32, PAGE):
         e = struct.unpack_from("<4Q", view, at)
         if e[0] & 0xFFFFFFFF00000FFF != PDPT_PRESENT or e[3] & 0xFFF != PDPT_PRESENT:
             continue

@@ -76,6 +76,9 @@ class Host:
         # G1: where the Launcher left room for the boot page tables (the
         # start of the initrd, or the end of RAM); the Session sets it.
         self.boot_tables_below = machine.layout.ram_size
+        # Where the unpacked kernel lies (bootparams.BootInfo.image), for
+        # what G1's INIT looks for in it; the Session sets it.
+        self.kernel_image = (0x100000, 64 << 20)
         self.lguest_data: LguestData | None = None
         self.memory = machine.memory
         self.regs = machine.regs
@@ -412,11 +415,16 @@ class Host:
         pt = self.pagetables
         if pt.pae is None:
             pt.pae = self.generation.may_be_pae and boottables.image_is_pae(
-                self.memory, self.boot_tables_below)
+                self.memory, *self.kernel_range())
         top = boottables.build(self.memory, self.machine.layout.ram_size,
                                self.boot_tables_below, pt.pae, self.kernel_address)
         data.set("pgdir", top)
         pt.new_pgtable(top)
+
+    def kernel_range(self) -> tuple[int, int]:
+        """The unpacked kernel's pages, within RAM below the boot tables."""
+        start, end = self.kernel_image
+        return start, min(end, self.boot_tables_below)
 
     def set_wallclock(self, data: LguestData) -> None:
         ns = time.time_ns()

@@ -38,8 +38,6 @@ VMCALL = b"\x0f\x01\xc1"
 INT_1F_NOP = b"\xcd\x1f\x90"
 # send_interrupts in 2.6.34-2.6.39: push %eax; mov $19, %eax; vmcall; pop %eax; ret
 SEND_INTERRUPTS = b"\x50\xb8\x13\x00\x00\x00" + VMCALL + b"\x58\xc3"
-KERNEL_IMAGE_START = 0x100000
-KERNEL_SCAN_END = 64 << 20
 
 
 def rewrite_at_eip(host: "Host") -> bool:
@@ -67,11 +65,11 @@ def patch_known_sites(host: "Host") -> int:
     rewrite send_interrupts' `vmcall` wherever its exact instruction
     sequence appears in the loaded kernel. Returns how many were found."""
     memory = host.memory
-    end = min(host.boot_tables_below, KERNEL_SCAN_END, memory.size)
-    image = memory.view[KERNEL_IMAGE_START:end].tobytes()
+    start, end = host.kernel_range()
+    image = memory.view[start:end].tobytes()
     found, at = 0, image.find(SEND_INTERRUPTS)
     while at >= 0:
-        memory.write(KERNEL_IMAGE_START + at + 6, INT_1F_NOP)
+        memory.write(start + at + 6, INT_1F_NOP)
         found += 1
         at = image.find(SEND_INTERRUPTS, at + len(SEND_INTERRUPTS))
     host.vmcall_rewrites += found
