@@ -263,3 +263,18 @@ def test_net_header_follows_the_driver(tmp_path):
             assert struct.unpack("i", got)[0] == size
     finally:
         net.close()
+
+
+@pytest.mark.parametrize("accepted,syncs", [(0, 1), (1 << B.VIRTIO_BLK_F_FLUSH, 0)])
+def test_a_driver_without_flush_gets_every_write_synced(memory, disk, monkeypatch,
+                                                         accepted, syncs):
+    """Linux before 2.6.32 knows no FLUSH: an acknowledged write must then
+    be on the disk already; a driver that flushes decides for itself."""
+    synced = []
+    monkeypatch.setattr(B.os, "fdatasync", synced.append)
+    d = FakeDriver(memory, RING)
+    blk = B.Block(str(disk))
+    blk.accepted = accepted
+    blk_request(d, B.VIRTIO_BLK_T_OUT, 2, b"A" * 512)
+    blk.service(0, d.vring)
+    assert len(synced) == syncs

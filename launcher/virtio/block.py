@@ -91,6 +91,10 @@ class Block(Device):
             elif type_ == VIRTIO_BLK_T_OUT:
                 if self.readonly or self._transfer(os.pwritev, sector, data_in) is None:
                     status = VIRTIO_BLK_S_IOERR
+                elif not self.accepted & (1 << VIRTIO_BLK_F_FLUSH):
+                    # A driver that knows no FLUSH (Linux before 2.6.32)
+                    # takes an acknowledged write as stable: make it so.
+                    os.fdatasync(self.fd)
             elif type_ == VIRTIO_BLK_T_FLUSH:
                 if not self.readonly:
                     os.fdatasync(self.fd)
