@@ -182,3 +182,11 @@ def test_send_interrupts_is_rewritten_at_init():
 def test_vector_6_is_never_a_direct_trap_where_vmcall_is_used():
     assert 6 in g1_host(G.G1_2_6_34).traps.never_direct
     assert 6 not in g1_host(G.GEN_G2).traps.never_direct
+
+
+def test_the_switcher_answers_no_hypercall_whose_arguments_it_would_misread():
+    for gen, expected in ((G.G1_2_6_25, 0), (G.G1_2_6_34, 1), (G.GEN_G2, 1)):
+        h = g1_host(gen)
+        call(h, 1, {EDX: LDATA, EBX: LDATA})        # INIT's argument in either place
+        fast = h.fast
+        assert fast.words[fast.index["SW_HCALL_ON"]] == expected, gen.releases

@@ -128,7 +128,11 @@ class FastPath:
         self._set("SW_HSTATUS_AT", self.window + data.layout.hcall_status)
         self.update()
         self.update_paging()
-        self._set("SW_HCALL_ON", int(self.enabled or self.host.clock_vm.on))
+        # The Switcher reads hypercall arguments from ebx, ecx, edx, esi:
+        # a guest that passes them elsewhere (Linux 2.6.25-2.6.29) makes
+        # every hypercall through Python.
+        self._set("SW_HCALL_ON", int((self.enabled or self.host.clock_vm.on)
+                                     and self.host.args_from_ebx))
 
     def update(self) -> None:
         host = self.host
