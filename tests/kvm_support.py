@@ -16,15 +16,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_GUEST_SRC = os.path.join(HERE, "guest", "testguest.S")
 
 
+def kernel_release(kernel: str) -> tuple[int, int, int]:
+    """(2, 6, 32) for a Linux 2.6.32 image, from its version string."""
+    from launcher.bootparams import kernel_version
+    from launcher.generations import release
+    with open(kernel, "rb") as f:
+        return release(kernel_version(f.read())) or (0, 0, 0)
+
+
 def initrd_for(kernel: str) -> str | None:
     """The initramfs for a real kernel (README, "Guest kernels"):
     LGUEST_TEST_INITRD, or for a Linux 2.6 one LGUEST_TEST_INITRD_2_6 if
     set (a glibc-linked userland refuses kernels older than 3.2)."""
-    from launcher.bootparams import kernel_version
     initrd = os.environ.get("LGUEST_TEST_INITRD")
-    with open(kernel, "rb") as f:
-        if kernel_version(f.read()).startswith("2.6."):
-            return os.environ.get("LGUEST_TEST_INITRD_2_6") or initrd
+    if kernel_release(kernel)[:2] == (2, 6):
+        return os.environ.get("LGUEST_TEST_INITRD_2_6") or initrd
     return initrd
 
 

@@ -190,3 +190,10 @@ def test_the_switcher_answers_no_hypercall_whose_arguments_it_would_misread():
         call(h, 1, {EDX: LDATA, EBX: LDATA})        # INIT's argument in either place
         fast = h.fast
         assert fast.words[fast.index["SW_HCALL_ON"]] == expected, gen.releases
+
+
+def test_stats_name_each_call_by_the_guests_own_numbering():
+    from launcher.host.trace import exit_kind
+    assert exit_kind(0x1F, 3, G.G1_2_6_25.calls) == "LHCALL_LOAD_GDT"
+    assert exit_kind(0x1F, 15, G.G1_2_6_25.calls) == "LHCALL_SET_PGD"
+    assert exit_kind(0x1F, 3, G.GEN_G2.calls) == "hypercall 3"

@@ -13,15 +13,19 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from ..machine import KICK_VECTOR, LGUEST_TRAP_ENTRY
-from ..switcher import EAX, EBX, ECX, EDX, EIP, ERRCODE, ESI, TRAPNUM, load_image
+from ..switcher import EAX, EIP, ERRCODE, TRAPNUM, load_image
 from .hypercalls import name_of
 
 if TYPE_CHECKING:
     from .core import Host
 
 
-def exit_kind(trapnum: int, eax: int) -> str:
+def exit_kind(trapnum: int, eax: int, calls: dict[int, str] | None = None) -> str:
+    """A name for --stats: the hypercall by the guest generation's own
+    numbering (``calls``, generations.py) when given."""
     if trapnum == LGUEST_TRAP_ENTRY:
+        if calls is not None and eax in calls:
+            return f"LHCALL_{calls[eax]}"
         return name_of(eax)
     if trapnum == KICK_VECTOR:
         return "kick"
@@ -45,18 +49,20 @@ class ExitRecorder:
     def wrap(self, host: "Host", handle: Callable[[], None]) -> Callable[[], None]:
         """Trips through the Switcher: hypercalls, traps, kicks."""
         regs = host.regs
+        calls = host.generation.calls
+        arg_slots = host.generation.arg_registers
 
         def recorded() -> None:
             trapnum, eax = regs[TRAPNUM], regs[EAX]
             args = None
             if self.trace is not None:
-                args = ({"args": [regs[EBX], regs[ECX], regs[EDX], regs[ESI]]}
+                args = ({"args": [regs[i] for i in arg_slots]}
                         if trapnum == LGUEST_TRAP_ENTRY
                         else {"vector": trapnum, "errcode": regs[ERRCODE]})
                 args["eip"] = regs[EIP]
                 if trapnum == 14:
                     args["cr2"] = host.requests.cr2
-            self._measure(exit_kind(trapnum, eax), args, handle)
+            self._measure(exit_kind(trapnum, eax, calls), args, handle)
         return recorded
 
     def wrap_mmio(self, host: "Host", handle: Callable[[], None]) -> Callable[[], None]:
