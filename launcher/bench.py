@@ -27,7 +27,8 @@ so read the ratios:
   took per operation (``*_exits``, counted between the guest's markers);
 - ``boot_ms`` of the own guest to its first self-test line and
   ``launcher_rss_mb``, the launcher's resident memory beyond guest RAM;
-- with ``LGUEST_TEST_KERNELS`` (and ``LGUEST_TEST_INITRD``) set,
+- with ``LGUEST_TEST_KERNELS`` (and ``LGUEST_TEST_INITRD``, plus
+  ``LGUEST_TEST_INITRD_2_6`` for 2.6 kernels) set,
   ``linux_boot_ms`` and ``linux_boot_exits`` per kernel, to the first
   userspace line;
 - the steady state, fast paths on and off (launcher/benchsteady.py):
@@ -293,6 +294,19 @@ def guest_benchmarks(fast_traps: bool = True) -> dict:
     return result
 
 
+def initrd_for_kernel(kernel: str) -> str | None:
+    """The initramfs LGUEST_TEST_INITRD names, or for a Linux 2.6 kernel
+    LGUEST_TEST_INITRD_2_6 if set: 2.6 kernels need a userland that does
+    not ask for Linux 3.2 (README, "Guest kernels")."""
+    from .bootparams import kernel_version, read_image
+    from .generations import release
+    initrd = os.environ.get("LGUEST_TEST_INITRD")
+    rel = release(kernel_version(read_image(kernel))) or (0, 0, 0)
+    if rel[:2] == (2, 6):
+        return os.environ.get("LGUEST_TEST_INITRD_2_6") or initrd
+    return initrd
+
+
 def linux_boots() -> dict:
     """With LGUEST_TEST_KERNELS and LGUEST_TEST_INITRD: each kernel booted
     to its first userspace line ("userspace up"); time and exits."""
@@ -304,8 +318,8 @@ def linux_boots() -> dict:
     boots = {}
     for kernel in kernels:
         console = LineWatch(b"userspace up")
-        config = GuestConfig(kernel=kernel, mem=128 << 20, initrd=initrd, console=console,
-                             timeout=900, reboot=False)
+        config = GuestConfig(kernel=kernel, mem=128 << 20, initrd=initrd_for_kernel(kernel),
+                             console=console, timeout=900, reboot=False)
         session = Session(config)
         console.on_match = lambda s=session: s.host.stop("poweroff", "benchmark done")
         start = time.monotonic_ns()

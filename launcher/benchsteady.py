@@ -28,6 +28,7 @@ import re
 import threading
 import time
 
+from .bench import initrd_for_kernel
 from .run import BUNDLED_GUEST, GuestConfig, Session
 
 IDLE_SECONDS = 10
@@ -218,7 +219,7 @@ def measure_steady(seconds: int = IDLE_SECONDS) -> dict:
         for kernel in kernels:
             name = os.path.basename(kernel)
             for key, fast in both:
-                r = linux_steady(kernel, initrd, fast, seconds)
+                r = linux_steady(kernel, initrd_for_kernel(kernel), fast, seconds)
                 idle.setdefault(name, {})[key] = round(r["exits_per_s"], 2)
                 cpu.setdefault(name, {})[key] = round(r["cpu_pct"], 2)
                 boots.setdefault(name, {})[key] = r["boot_exits"]

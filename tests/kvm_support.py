@@ -28,10 +28,8 @@ def initrd_for(kernel: str) -> str | None:
     """The initramfs for a real kernel (README, "Guest kernels"):
     LGUEST_TEST_INITRD, or for a Linux 2.6 one LGUEST_TEST_INITRD_2_6 if
     set (a glibc-linked userland refuses kernels older than 3.2)."""
-    initrd = os.environ.get("LGUEST_TEST_INITRD")
-    if kernel_release(kernel)[:2] == (2, 6):
-        return os.environ.get("LGUEST_TEST_INITRD_2_6") or initrd
-    return initrd
+    from launcher.bench import initrd_for_kernel
+    return initrd_for_kernel(kernel)
 
 
 def require_kvm() -> None:
