@@ -93,6 +93,13 @@ class Generation:
     start_on_kick: bool = False  # a device starts at DRIVER_OK or its first kick (G1)
     may_be_pae: bool = True
 
+    @property
+    def switcher_reads_args(self) -> bool:
+        """The Switcher's in-VM hypercalls read arg1-3 from ebx, ecx, edx
+        and a PAE entry's high half from esi (native/switcher.S)."""
+        return self.arg_registers[:3] == (EBX, ECX, EDX) and (
+            len(self.arg_registers) == 4 or not self.may_be_pae)
+
     def describe(self) -> str:
         how = ("virtio 1.0 devices on an emulated PCI bus" if self.bus == "pci"
                else "devices on the lguest bus")

@@ -185,7 +185,7 @@ def test_vector_6_is_never_a_direct_trap_where_vmcall_is_used():
 
 
 def test_the_switcher_answers_no_hypercall_whose_arguments_it_would_misread():
-    for gen, expected in ((G.G1_2_6_25, 0), (G.G1_2_6_34, 1), (G.GEN_G2, 1)):
+    for gen, expected in ((G.G1_2_6_25, 0), (G.G1_2_6_30, 1), (G.G1_2_6_34, 1), (G.GEN_G2, 1)):
         h = g1_host(gen)
         call(h, 1, {EDX: LDATA, EBX: LDATA})        # INIT's argument in either place
         fast = h.fast

@@ -132,7 +132,7 @@ class FastPath:
         # a guest that passes them elsewhere (Linux 2.6.25-2.6.29) makes
         # every hypercall through Python.
         self._set("SW_HCALL_ON", int((self.enabled or self.host.clock_vm.on)
-                                     and self.host.args_from_ebx))
+                                     and self.host.generation.switcher_reads_args))
 
     def update(self) -> None:
         host = self.host
