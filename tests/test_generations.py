@@ -197,3 +197,25 @@ def test_stats_name_each_call_by_the_guests_own_numbering():
     assert exit_kind(0x1F, 3, G.G1_2_6_25.calls) == "LHCALL_LOAD_GDT"
     assert exit_kind(0x1F, 15, G.G1_2_6_25.calls) == "LHCALL_SET_PGD"
     assert exit_kind(0x1F, 3, G.GEN_G2.calls) == "hypercall 3"
+
+
+@pytest.mark.parametrize("gen,refused", [(G.G1_2_6_30, True), (G.G1_2_6_31, True),
+                                         (G.G1_2_6_34, False)])
+def test_a_kvm_that_keeps_vmcall_refuses_the_releases_that_need_it(gen, refused):
+    """On Intel (or a KVM before 5.19) `vmcall` never reaches us: one
+    sentence before the guest starts, for the releases that make every
+    call with it; 2.6.34 on run (their one site is rewritten at INIT)."""
+    from launcher.errors import UserError
+    from launcher.run import GuestConfig, Session
+
+    class IntelMachine:
+        def trap_vmcall(self):
+            return "on this GenuineIntel CPU KVM answers `vmcall` itself"
+
+    session = Session.__new__(Session)
+    session.generation, session.config = gen, GuestConfig(kernel="bzImage")
+    if refused:
+        with pytest.raises(UserError, match="every hypercall with `vmcall`.*GenuineIntel"):
+            session.pass_vmcall_on(IntelMachine(), "2.6.32 (test)")
+    else:
+        session.pass_vmcall_on(IntelMachine(), "2.6.39.3 (test)")
