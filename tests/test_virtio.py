@@ -278,3 +278,17 @@ def test_a_driver_without_flush_gets_every_write_synced(memory, disk, monkeypatc
     blk_request(d, B.VIRTIO_BLK_T_OUT, 2, b"A" * 512)
     blk.service(0, d.vring)
     assert len(synced) == syncs
+
+
+def test_the_tap_offloads_follow_what_the_driver_accepted():
+    """A driver that did not accept GUEST_CSUM (Linux before 2.6.26, or any
+    that declines) must never get a frame without a checksum."""
+    from launcher.hostnet import tap as T
+    bit = lambda *b: sum(1 << x for x in b)          # noqa: E731
+    assert T.tun_offloads(0) == 0
+    assert T.tun_offloads(bit(T.VIRTIO_NET_F_GUEST_TSO4)) == 0     # TSO needs the checksum
+    assert T.tun_offloads(bit(T.VIRTIO_NET_F_GUEST_CSUM)) == T.TUN_F_CSUM
+    everything = bit(T.VIRTIO_NET_F_GUEST_CSUM, T.VIRTIO_NET_F_GUEST_TSO4,
+                     T.VIRTIO_NET_F_GUEST_TSO6, T.VIRTIO_NET_F_GUEST_ECN)
+    assert T.tun_offloads(everything) == (T.TUN_F_CSUM | T.TUN_F_TSO4 | T.TUN_F_TSO6
+                                          | T.TUN_F_TSO_ECN)

@@ -35,6 +35,11 @@ class NetBackend:
     def set_header_len(self, n: int) -> None:
         self.header_len = n
 
+    def accept(self, features: int) -> None:
+        """The virtio-net features the guest's driver accepted: a back end
+        that can hand the guest checksum-less or segmented frames must stop
+        doing so for the ones it declined."""
+
     def send(self, bufs: list[memoryview]) -> None:
         """One frame, header first, possibly split across buffers. A full
         host side drops it, as a wire would. Raises OSError if the host side

@@ -36,6 +36,24 @@ TAP_OFFLOADS = sum(1 << b for b in (
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN))
 
 
+def tun_offloads(accepted: int) -> int:
+    """TUNSETOFFLOAD flags for the guest-side features a driver accepted:
+    the tap may then hand it frames without a checksum or larger than the
+    MTU, and never otherwise (a driver that knows no GUEST_CSUM, Linux
+    before 2.6.26 among them, would take such frames as they are). The
+    kernel accepts segmentation offloads only with the checksum one."""
+    if not accepted >> VIRTIO_NET_F_GUEST_CSUM & 1:
+        return 0
+    flags = TUN_F_CSUM
+    if accepted >> VIRTIO_NET_F_GUEST_TSO4 & 1:
+        flags |= TUN_F_TSO4
+    if accepted >> VIRTIO_NET_F_GUEST_TSO6 & 1:
+        flags |= TUN_F_TSO6
+    if flags & (TUN_F_TSO4 | TUN_F_TSO6) and accepted >> VIRTIO_NET_F_GUEST_ECN & 1:
+        flags |= TUN_F_TSO_ECN
+    return flags
+
+
 def parse_mac(text: str, what: str) -> bytes:
     """'52:54:00:12:34:56' -> six bytes, or a UserError naming ``what``."""
     try:
@@ -122,6 +140,13 @@ class TapBackend(NetBackend):
         super().set_header_len(n)
         try:
             fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", n))
+        except OSError:
+            if self.name != "test":     # a test's socket stands in for the tap
+                raise
+
+    def accept(self, features: int) -> None:
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, tun_offloads(features))
         except OSError:
             if self.name != "test":     # a test's socket stands in for the tap
                 raise

@@ -49,6 +49,7 @@ class Net(Device):
         super().start(queues)
         v1 = self.accepted >> VIRTIO_F_VERSION_1 & 1
         self.backend.set_header_len(V1_HDR_LEN if v1 else LEGACY_HDR_LEN)
+        self.backend.accept(self.accepted)
 
     def extra_fds(self) -> list[int]:
         return [self.backend.fd]
