@@ -8,7 +8,8 @@ for one span of releases; the launcher picks one from the kernel's version
 string (``for_version``) before anything boots, and the Host, the loader
 and the bus ask it instead of testing names.
 
-    G1  Linux 2.6.25 - 2.6.39   the lguest bus; the Host builds the boot page
+    G1  Linux 2.6.24 - 2.6.39   the lguest bus (2.6.24: the first virtio's
+                                descriptors); the Host builds the boot page
                                 tables; four hypercall conventions (below)
     G2  Linux 3.0 - 4.0         the lguest bus
     G3  Linux 4.1 - 4.13        virtio 1.0 over an emulated PCI bus
@@ -92,6 +93,7 @@ class Generation:
     bus: str = "lguest"          # "lguest" or "pci"
     start_on_kick: bool = False  # a device starts at DRIVER_OK or its first kick (G1)
     may_be_pae: bool = True
+    first_virtio: bool = False   # Linux 2.6.24's devices: typed config fields (lguest_bus.py)
 
     @property
     def switcher_reads_args(self) -> bool:
@@ -109,6 +111,10 @@ class Generation:
 _FIVE = RingEntry(20, (4, 8, 12, 16))
 _EBX_ON = (EBX, ECX, EDX, ESI)
 
+# 2.6.24: the 2.6.25 hypercalls, but the first virtio's device descriptors.
+G1_2_6_24 = Generation("G1", "2.6.24", (2, 6, 24), G1_EARLY, (EDX, EBX, ECX),
+                       RingEntry(16, (12, 4, 8)), CALLS_2_6_25, host_boot_tables=True,
+                       start_on_kick=True, may_be_pae=False, first_virtio=True)
 # 2.6.25-2.6.29: `int $0x1f`, arguments in edx, ebx, ecx; the ring entry
 # lays them out as the registers are saved (eax ebx ecx edx): call, arg2,
 # arg3, arg1.
@@ -129,8 +135,8 @@ GEN_G2 = Generation("G2", "3.0-4.0", (3, 0, 0), G2, _EBX_ON, _FIVE, CALLS_MODERN
 GEN_G3 = Generation("G3", "4.1-4.13", (4, 1, 0), G3, _EBX_ON, _FIVE, CALLS_MODERN, bus="pci")
 
 # Newest first: a kernel is the first generation it is not older than.
-GENERATIONS = (GEN_G3, GEN_G2, G1_2_6_34, G1_2_6_31, G1_2_6_30, G1_2_6_25)
-SUPPORTED = "Linux 2.6.25-4.13"
+GENERATIONS = (GEN_G3, GEN_G2, G1_2_6_34, G1_2_6_31, G1_2_6_30, G1_2_6_25, G1_2_6_24)
+SUPPORTED = "Linux 2.6.24-4.13"
 
 
 def release(version: str) -> tuple[int, int, int] | None:
@@ -153,11 +159,10 @@ def for_version(version: str) -> Generation:
         raise UserError(f"{name} has no lguest guest support (it was removed in 4.14)")
     if rel < (2, 6, 23):
         raise UserError(f"{name} predates lguest (its first guest was Linux 2.6.23)")
-    if rel < (2, 6, 25):
-        # 2.6.23 (the DMA devices of the first lguest bus) and 2.6.24 (the
-        # first virtio, whose configuration space is a list of typed fields).
-        raise UserError(f"{name} is not supported yet: its lguest devices predate the "
-                        f"virtio layout this launcher serves ({SUPPORTED} are)")
+    if rel < (2, 6, 24):
+        # 2.6.23: the DMA devices of the first lguest bus.
+        raise UserError(f"{name} is not supported yet: its lguest devices predate virtio "
+                        f"({SUPPORTED} are)")
     for gen in GENERATIONS:
         if rel >= gen.first:
             return gen

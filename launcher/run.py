@@ -193,7 +193,7 @@ class Session:
                                 "registers below 4 GiB: give the guest less memory")
         else:
             bus = LguestBus(self.devices, early_console=c.console,
-                            start_on_kick=gen.start_on_kick)
+                            start_on_kick=gen.start_on_kick, first_virtio=gen.first_virtio)
             machine = Machine(c.mem, device_pages=pages_needed(self.devices), kvm=self.kvm,
                               apic=c.fast_clock)
         timer = None

@@ -118,3 +118,31 @@ def test_g1_starts_a_device_at_driver_ok_or_at_its_first_kick(bus):
     while not bus.raised and time.monotonic() < deadline:
         time.sleep(0.01)
     assert bus.raised == [2] and d.used() == [(0, 16)]
+
+
+def test_the_first_virtio_descriptors_linux_2_6_24_reads(tmp_path):
+    """{type, config_len, status}, then typed fields: a VIRTQUEUE one per
+    queue, the block device's capacity; devices start at their first kick."""
+    disk = tmp_path / "disk"
+    disk.write_bytes(bytes(4096))
+    devices = [Block(str(disk)), Rng()]
+    m = FakeMachine(MEM + pages_needed(devices) * 4096)
+    host = Host(m)
+    b = LguestBus(devices, early_console=io.BytesIO(), start_on_kick=True, first_virtio=True)
+    b.install(host, MEM)
+    try:
+        mem = b.memory
+        assert mem.read(MEM, 3) == bytes([2, 10 + 10, 0])            # block: 2 fields
+        assert mem.read(MEM + 3, 2) == bytes([2, 8])                 # VIRTQUEUE, 8 bytes
+        assert struct.unpack("<HHI", mem.read(MEM + 5, 8)) == (256, 1, (MEM + 4096) >> 12)
+        assert mem.read(MEM + 13, 2) == bytes([0x41, 8])             # capacity
+        assert struct.unpack("<Q", mem.read(MEM + 15, 8))[0] == 8
+        rng = MEM + 23
+        assert mem.read(rng, 3) == bytes([4, 10, 0])
+        assert struct.unpack("<HHI", mem.read(rng + 5, 8)) == (256, 2, (MEM + 4 * 4096) >> 12)
+        assert mem.u8(rng + 13) == 0                                  # terminator
+        assert b.slots[0].status_at == MEM + 2
+        b.host.notify(b.slots[0].rings[0])
+        assert b.slots[0].runner is not None and devices[0].accepted == 0
+    finally:
+        b.shutdown()

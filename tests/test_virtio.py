@@ -10,7 +10,7 @@ from launcher.memory import GuestMemory
 from launcher.virtio import block as B
 from launcher.virtio.console import Console
 from launcher.virtio.rng import Rng
-from launcher.virtio.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, Vring
+from launcher.virtio.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, Vring, scatter
 from virtio_driver import FakeDriver
 
 RING = 0x10000
@@ -292,3 +292,33 @@ def test_the_tap_offloads_follow_what_the_driver_accepted():
                      T.VIRTIO_NET_F_GUEST_TSO6, T.VIRTIO_NET_F_GUEST_ECN)
     assert T.tun_offloads(everything) == (T.TUN_F_CSUM | T.TUN_F_TSO4 | T.TUN_F_TSO6
                                           | T.TUN_F_TSO_ECN)
+
+
+def test_linux_2_6_24_net_header_is_two_bytes_shorter():
+    """Its virtio_net_hdr has no hdr_len: the device widens what the guest
+    sends to the 10 bytes back ends speak, and narrows what it receives."""
+    from launcher.virtio.net import Net, widen_header
+
+    frame = memoryview(bytes([1, 2, 3, 4, 5, 6, 7, 8]) + b"payload")
+    out = b"".join(bytes(b) for b in widen_header([frame[:3], frame[3:]]))
+    assert out == bytes([1, 2, 0, 0, 3, 4, 5, 6, 7, 8]) + b"payload"
+    assert widen_header([frame[:5]]) is None
+
+    class OneFrame:
+        def receive_into(self, bufs):
+            return scatter(bytes([9, 8, 7, 6, 5, 4, 3, 2, 1, 0]) + b"in", bufs)
+    net = Net(OneFrame())
+    got = bytearray(32)
+    assert net.receive_short([memoryview(got)]) == 10
+    assert bytes(got[:10]) == bytes([9, 8, 5, 4, 3, 2, 1, 0]) + b"in"
+
+
+def test_linux_2_6_24_block_header_carries_an_id(memory, disk):
+    """Its request header is 24 bytes (type, ioprio, sector, id): the data
+    starts after the id, not in it."""
+    d = FakeDriver(memory, RING)
+    blk = B.Block(str(disk))
+    blk.first_virtio = True
+    d.offer([struct.pack("<IIQQ", B.VIRTIO_BLK_T_OUT, 0, 2, 0x1234), b"D" * 512], [1])
+    blk.service(0, d.vring)
+    assert disk.read_bytes()[1024:1536] == b"D" * 512

@@ -16,7 +16,7 @@ import struct
 
 from ..errors import GuestFault, UserError
 from .device import Device
-from .vring import Chain, Vring, scatter
+from .vring import Chain, Vring, scatter, split
 
 VIRTIO_ID_BLOCK = 2
 VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_SCSI_CMD = 0, 1, 2
@@ -27,6 +27,7 @@ VIRTIO_BLK_ID_BYTES = 20
 SECTOR = 512
 SEG_MAX = 254
 HEADER = struct.Struct("<IIQ")
+FIRST_HEADER_SIZE = 24      # Linux 2.6.24's request header also carries a u64 id
 
 
 class Block(Device):
@@ -75,10 +76,11 @@ class Block(Device):
         """Carry out one request; the number of bytes written into the chain."""
         if not chain.writable or len(chain.writable[-1]) < 1:
             raise GuestFault(f"{self.name}: request without a status byte")
-        header, data_in = _split(chain.readable, HEADER.size)
+        size = FIRST_HEADER_SIZE if self.first_virtio else HEADER.size
+        header, data_in = split(chain.readable, size)
         if header is None:
-            raise GuestFault(f"{self.name}: request header shorter than {HEADER.size} bytes")
-        type_, _ioprio, sector = HEADER.unpack(header)
+            raise GuestFault(f"{self.name}: request header shorter than {size} bytes")
+        type_, _ioprio, sector = HEADER.unpack_from(header)
         last = chain.writable[-1]
         status_byte = last[len(last) - 1:]
         data_out = chain.writable[:-1] + ([last[:-1]] if len(last) > 1 else [])
@@ -151,19 +153,4 @@ def _readable(path: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def _split(bufs: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview]]:
-    """The first ``n`` bytes across ``bufs``, and views of the rest."""
-    head = bytearray()
-    rest: list[memoryview] = []
-    for b in bufs:
-        if len(head) < n:
-            take = min(n - len(head), len(b))
-            head += b[:take]
-            if take < len(b):
-                rest.append(b[take:])
-        else:
-            rest.append(b)
-    return (bytes(head) if len(head) == n else None), rest
 

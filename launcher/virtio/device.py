@@ -31,6 +31,7 @@ class Device:
     name: str = "device"
     num_queues: int = 1
     accepted: int = 0          # the features the driver accepted (set at start)
+    first_virtio = False       # its driver is Linux 2.6.24's (lguest_bus.py)
 
     def features(self) -> int:
         return 0

@@ -16,16 +16,26 @@ The guest speaks to the bus only through NOTIFY:
   write (the earliest none but the reset), so there the device starts at
   DRIVER_OK or at the first kick of one of its rings, whichever comes first;
 - any other address below the guest's memory is the early console's string.
+
+Linux 2.6.24 speaks the first virtio (``first_virtio``): its descriptor is
+{type, config_len, status}, and everything else is a list of typed fields
+{type, len, data}: one VIRTQUEUE field (a vqconfig) per queue, then the
+device's own (a block device's capacity, a network card's MAC). It asks
+for no features and reports no status; its devices start at their first
+kick, and its network header is two bytes shorter (virtio/net.py).
 """
 from __future__ import annotations
 
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import GuestFault
 from ..memory import GuestMemory
+from .block import VIRTIO_ID_BLOCK
 from .device import Device, DeviceRunner
+from .net import VIRTIO_ID_NET, VIRTIO_NET_F_MAC
 from .vring import Vring
 
 PAGE = 4096
@@ -37,6 +47,11 @@ FEATURE_LEN = 4                  # bytes per bitmap: bits 0-31
 VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER = 1, 2
 VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED = 4, 0x80
 MAX_QUEUES = 31                  # one IRQ each, 1..31
+# The first virtio (Linux 2.6.24): a 3-byte descriptor header, typed fields.
+FIRST_DESC_HEADER = 3
+VIRTIO_CONFIG_F_VIRTQUEUE = 2
+FIRST_FIELD_CAPACITY = 0x41      # block: u64 sectors (VIRTIO_CONFIG_BLK_F_CAPACITY)
+FIRST_FIELD_MAC = 0x41           # net: six bytes (VIRTIO_CONFIG_NET_MAC_F)
 EARLY_CONSOLE_MAX = 256
 
 
@@ -47,10 +62,11 @@ class BusSlot:
     rings: list[int] = field(default_factory=list)  # gpa of each ring
     irqs: list[int] = field(default_factory=list)
     runner: DeviceRunner | None = None
+    status_offset: int = 4                         # 2 in the first virtio's descriptor
 
     @property
     def status_at(self) -> int:
-        return self.desc + 4
+        return self.desc + self.status_offset
 
     @property
     def accepted_at(self) -> int:
@@ -68,12 +84,15 @@ def pages_needed(devices: list[Device]) -> int:
 
 class LguestBus:
     def __init__(self, devices: list[Device], early_console: BinaryIO | None = None,
-                 start_on_kick: bool = False) -> None:
+                 start_on_kick: bool = False, first_virtio: bool = False) -> None:
         if sum(d.num_queues for d in devices) > MAX_QUEUES:
             raise ValueError("too many virtqueues for the lguest bus (31 at most)")
         self.devices = devices
         self.early_console = early_console or sys.stdout.buffer
         self.start_on_kick = start_on_kick      # G1 (generations.py)
+        self.first_virtio = first_virtio        # Linux 2.6.24 (generations.py)
+        for dev in devices:
+            dev.first_virtio = first_virtio
         self.slots: list[BusSlot] = []
         self.by_ring: dict[int, tuple[BusSlot, int]] = {}
         self.by_desc: dict[int, BusSlot] = {}
@@ -86,6 +105,21 @@ class LguestBus:
         page = bytearray(PAGE)
         at, ring, irq = 0, mem + PAGE, 1
         for dev in self.devices:
+            if self.first_virtio:
+                slot = BusSlot(dev, mem + at, status_offset=2)
+                desc, rings = first_virtio_descriptor(dev, ring, irq)
+                if at + len(desc) >= PAGE:
+                    raise ValueError("the device descriptors do not fit in one page")
+                page[at:at + len(desc)] = desc
+                for i, r in enumerate(rings):
+                    slot.rings.append(r)
+                    slot.irqs.append(irq + i)
+                    self.by_ring[r] = (slot, i)
+                ring, irq = ring + RING_PAGES * PAGE * len(rings), irq + len(rings)
+                self.slots.append(slot)
+                self.by_desc[slot.desc] = slot
+                at += len(desc)
+                continue
             config = dev.config()
             size = DESC_HEADER + VQCONFIG * dev.num_queues + 2 * FEATURE_LEN + len(config)
             if at + size >= PAGE:
@@ -152,7 +186,8 @@ class LguestBus:
             raise GuestFault(f"the {slot.device.name} device was started twice without a reset")
 
     def start(self, slot: BusSlot) -> None:
-        accepted = self.memory.u32(slot.accepted_at)
+        # The first virtio has no feature bitmaps: nothing offered, nothing taken.
+        accepted = 0 if self.first_virtio else self.memory.u32(slot.accepted_at)
         offered = slot.device.features()
         if accepted & ~offered:
             raise GuestFault(f"the {slot.device.name} driver accepted features "
@@ -175,7 +210,8 @@ class LguestBus:
             runner.stop()
             for vq in runner.queues:
                 vq.reset()
-        self.memory.write(slot.accepted_at, bytes(FEATURE_LEN))
+        if not self.first_virtio:
+            self.memory.write(slot.accepted_at, bytes(FEATURE_LEN))
 
     def fault(self, reason: str) -> None:
         self.host.stop("killed", reason)
@@ -185,3 +221,24 @@ class LguestBus:
             if slot.runner is not None:
                 slot.runner.stop()
                 slot.runner = None
+
+
+def first_virtio_descriptor(dev: Device, ring: int, irq: int) -> tuple[bytes, list[int]]:
+    """A device as Linux 2.6.24 reads it: {type, config_len, status} and
+    typed fields, a VIRTQUEUE one per queue (its ring at ``ring`` on, its
+    IRQ from ``irq``), then what the driver looks up (docs/abi.md §9.7).
+    The descriptor's bytes and the rings' addresses."""
+    fields, rings = bytearray(), []
+    for i in range(dev.num_queues):
+        r = ring + i * RING_PAGES * PAGE
+        fields += bytes([VIRTIO_CONFIG_F_VIRTQUEUE, VQCONFIG]) + struct.pack(
+            "<HHI", VQ_NUM, irq + i, r // PAGE)
+        rings.append(r)
+    config = dev.config()
+    if dev.type == VIRTIO_ID_BLOCK:
+        fields += bytes([FIRST_FIELD_CAPACITY, 8]) + config[:8]
+    elif dev.type == VIRTIO_ID_NET and dev.features() >> VIRTIO_NET_F_MAC & 1:
+        fields += bytes([FIRST_FIELD_MAC, 6]) + config[:6]
+    if len(fields) > 255:
+        raise ValueError(f"{dev.name}: too many fields for a first-virtio descriptor")
+    return bytes([dev.type, len(fields), 0]) + fields, rings

@@ -15,7 +15,7 @@ import sys
 
 from ..hostnet import NetBackend
 from .device import Device
-from .vring import Vring
+from .vring import Vring, scatter, split
 
 VIRTIO_ID_NET = 1
 VIRTIO_NET_F_MAC = 5
@@ -23,6 +23,7 @@ VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_ANY_LAYOUT = 28, 27
 VIRTIO_NET_S_LINK_UP = 1
 VIRTIO_F_VERSION_1 = 32
 LEGACY_HDR_LEN, V1_HDR_LEN = 10, 12     # virtio_net_hdr; + num_buffers with VERSION_1
+FIRST_HDR_LEN = 8       # Linux 2.6.24's header: no hdr_len field (bytes 2-3 of the later one)
 
 
 class Net(Device):
@@ -57,9 +58,12 @@ class Net(Device):
     def service(self, index: int, vq: Vring) -> None:
         if index == 1:
             while (chain := vq.pop()) is not None:
-                if not self.gone:
+                bufs = chain.readable
+                if self.first_virtio:
+                    bufs = widen_header(bufs)
+                if not self.gone and bufs is not None:
                     try:
-                        self.backend.send(chain.readable)
+                        self.backend.send(bufs)
                     except OSError as exc:
                         self.host_side_gone(exc)    # and drop the frame, as a wire would
                 vq.push(chain.head, 0)
@@ -82,7 +86,8 @@ class Net(Device):
                 return None             # no buffer: wait for the guest to post some
             chain = vq.peek()
             try:
-                frame_len = self.backend.receive_into(chain.writable)
+                frame_len = (self.receive_short(chain.writable) if self.first_virtio
+                             else self.backend.receive_into(chain.writable))
             except BlockingIOError:
                 return True             # the buffer stays offered for the next frame
             except OSError as exc:
@@ -93,6 +98,13 @@ class Net(Device):
                 return False
             vq.advance()
             vq.push(chain.head, frame_len)
+
+    def receive_short(self, bufs: list[memoryview]) -> int:
+        """A frame for Linux 2.6.24's driver: the back end's 10-byte header
+        without its hdr_len. 0 at end of file, as receive_into."""
+        room = bytearray(sum(len(b) for b in bufs) + LEGACY_HDR_LEN - FIRST_HDR_LEN)
+        n = self.backend.receive_into([memoryview(room)])
+        return scatter(room[:2] + room[4:n], bufs) if n else 0
 
     def host_side_gone(self, exc: OSError | None) -> None:
         """Say once that the host side is gone (someone deleted the tap
@@ -110,3 +122,12 @@ class Net(Device):
 
     def close(self) -> None:
         self.backend.close()
+
+
+def widen_header(bufs: list[memoryview]) -> list[memoryview] | None:
+    """A frame from Linux 2.6.24's driver with the 10-byte header every
+    back end speaks (hdr_len 0); None if it is shorter than a header."""
+    header, rest = split(bufs, FIRST_HDR_LEN)
+    if header is None:
+        return None
+    return [memoryview(header[:2] + bytes(2) + header[2:]), *rest]

@@ -43,6 +43,22 @@ def scatter(data: bytes, bufs: list[memoryview]) -> int:
     return done
 
 
+def split(bufs: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview]]:
+    """The first ``n`` bytes across ``bufs`` (None if they hold fewer), and
+    views of the rest."""
+    head = bytearray()
+    rest: list[memoryview] = []
+    for b in bufs:
+        if len(head) < n:
+            take = min(n - len(head), len(b))
+            head += b[:take]
+            if take < len(b):
+                rest.append(b[take:])
+        else:
+            rest.append(b)
+    return (bytes(head) if len(head) == n else None), rest
+
+
 @dataclass
 class Chain:
     """One request: the head index and its buffers, in order."""

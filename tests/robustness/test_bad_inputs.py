@@ -93,8 +93,8 @@ def disk(tmp_path):
     (lambda p: p.write_bytes(open(LGK, "rb").read()[:1500]), ["truncated"]),
     (lambda p: p.write_bytes(bzimage(init_size=64 << 20)), ["--mem", "more"]),
     (lambda p: None, ["no such file", "kernel"]),
-    (lambda p: p.write_bytes(bzimage(kver="2.6.24 (test)")),
-     ["Linux 2.6.24 is not supported yet", "Linux 2.6.25-4.13"]),
+    (lambda p: p.write_bytes(bzimage(kver="2.6.23 (test)")),
+     ["Linux 2.6.23 is not supported yet", "Linux 2.6.24-4.13"]),
     (lambda p: p.write_bytes(bzimage(kver="5.10.0 (test)")), ["Linux 5.10", "removed in 4.14"]),
 ])
 def test_bad_kernels(tmp_path, capsys, make, words):
