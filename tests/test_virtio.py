@@ -322,3 +322,26 @@ def test_linux_2_6_24_block_header_carries_an_id(memory, disk):
     d.offer([struct.pack("<IIQQ", B.VIRTIO_BLK_T_OUT, 0, 2, 0x1234), b"D" * 512], [1])
     blk.service(0, d.vring)
     assert disk.read_bytes()[1024:1536] == b"D" * 512
+
+
+@pytest.mark.parametrize("typed", [[b"\x03", b"\x03", b"\x03"], [b"\x03\x03\x03"],
+                                   [b"\x03x\x03", b"\x03"]])
+def test_three_ctrl_c_stop_the_guest_however_the_reads_fall(memory, typed):
+    """Three ^C within a second stop the guest, whether each arrives in a
+    read of its own or they wait in the terminal for the guest's next
+    buffer and come in one; anything else typed between starts over."""
+    from launcher.virtio.console import Console
+    r, w = os.pipe()
+    stops = []
+    con = Console(io.BytesIO(), r, lambda: stops.append(1))
+    d = FakeDriver(memory, RING)
+    con.queues = [d.vring]
+    try:
+        for chunk in typed:
+            os.write(w, chunk)
+            d.offer([], [64])
+            con.read_input()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert stops == ([] if b"x" in b"".join(typed) else [1])

@@ -141,10 +141,13 @@ class Console(Device):
         if data == 0 and not self.eof:
             self.eof = True
         vq.push(chain.head, data)
-        if data == 1 and bytes(chain.writable[0][:1]) == CTRL_C:
-            self.count_ctrl_c()
-        elif data:
-            self.ctrl_c.clear()
+        # Keystrokes may arrive together (the guest took its time to offer
+        # a buffer): each ^C counts, anything else starts the count again.
+        for byte in b"".join(bytes(b) for b in chain.writable)[:data]:
+            if byte == CTRL_C[0]:
+                self.count_ctrl_c()
+            else:
+                self.ctrl_c.clear()
 
     def count_ctrl_c(self) -> None:
         now = time.monotonic()
