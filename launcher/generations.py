@@ -19,7 +19,7 @@ Read host/core.py next: how the Host uses these facts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import UserError
 from .switcher import EBX, ECX, EDX, ESI
@@ -111,16 +111,14 @@ class Generation:
 _FIVE = RingEntry(20, (4, 8, 12, 16))
 _EBX_ON = (EBX, ECX, EDX, ESI)
 
-# 2.6.24: the 2.6.25 hypercalls, but the first virtio's device descriptors.
-G1_2_6_24 = Generation("G1", "2.6.24", (2, 6, 24), G1_EARLY, (EDX, EBX, ECX),
-                       RingEntry(16, (12, 4, 8)), CALLS_2_6_25, host_boot_tables=True,
-                       start_on_kick=True, may_be_pae=False, first_virtio=True)
 # 2.6.25-2.6.29: `int $0x1f`, arguments in edx, ebx, ecx; the ring entry
 # lays them out as the registers are saved (eax ebx ecx edx): call, arg2,
 # arg3, arg1.
 G1_2_6_25 = Generation("G1", "2.6.25-2.6.29", (2, 6, 25), G1_EARLY, (EDX, EBX, ECX),
                        RingEntry(16, (12, 4, 8)), CALLS_2_6_25, host_boot_tables=True,
                        start_on_kick=True, may_be_pae=False)
+# 2.6.24: the same hypercalls, but the first virtio's device descriptors.
+G1_2_6_24 = replace(G1_2_6_25, releases="2.6.24", first=(2, 6, 24), first_virtio=True)
 # 2.6.30: every call is `vmcall`, arguments in ebx, ecx, edx.
 G1_2_6_30 = Generation("G1", "2.6.30", (2, 6, 30), G1_EARLY, (EBX, ECX, EDX),
                        RingEntry(16, (4, 8, 12)), CALLS_2_6_30, vmcall=True,
