@@ -47,8 +47,7 @@ FEATURE_LEN = 4                  # bytes per bitmap: bits 0-31
 VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER = 1, 2
 VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED = 4, 0x80
 MAX_QUEUES = 31                  # one IRQ each, 1..31
-# The first virtio (Linux 2.6.24): a 3-byte descriptor header, typed fields.
-FIRST_DESC_HEADER = 3
+# The first virtio (Linux 2.6.24): typed fields after a 3-byte header.
 VIRTIO_CONFIG_F_VIRTQUEUE = 2
 FIRST_FIELD_CAPACITY = 0x41      # block: u64 sectors (VIRTIO_CONFIG_BLK_F_CAPACITY)
 FIRST_FIELD_MAC = 0x41           # net: six bytes (VIRTIO_CONFIG_NET_MAC_F)
@@ -104,45 +103,22 @@ class LguestBus:
         memory: GuestMemory = self.memory
         page = bytearray(PAGE)
         at, ring, irq = 0, mem + PAGE, 1
+        describe = first_virtio_descriptor if self.first_virtio else descriptor
         for dev in self.devices:
-            if self.first_virtio:
-                slot = BusSlot(dev, mem + at, status_offset=2)
-                desc, rings = first_virtio_descriptor(dev, ring, irq)
-                if at + len(desc) >= PAGE:
-                    raise ValueError("the device descriptors do not fit in one page")
-                page[at:at + len(desc)] = desc
-                for i, r in enumerate(rings):
-                    slot.rings.append(r)
-                    slot.irqs.append(irq + i)
-                    self.by_ring[r] = (slot, i)
-                ring, irq = ring + RING_PAGES * PAGE * len(rings), irq + len(rings)
-                self.slots.append(slot)
-                self.by_desc[slot.desc] = slot
-                at += len(desc)
-                continue
-            config = dev.config()
-            size = DESC_HEADER + VQCONFIG * dev.num_queues + 2 * FEATURE_LEN + len(config)
-            if at + size >= PAGE:
+            rings = [ring + i * RING_PAGES * PAGE for i in range(dev.num_queues)]
+            irqs = list(range(irq, irq + dev.num_queues))
+            desc = describe(dev, rings, irqs)
+            if at + len(desc) >= PAGE:
                 raise ValueError("the device descriptors do not fit in one page")
-            slot = BusSlot(dev, mem + at)
-            page[at:at + DESC_HEADER] = bytes([dev.type, dev.num_queues, FEATURE_LEN,
-                                               len(config), 0])
-            q = at + DESC_HEADER
-            for _ in range(dev.num_queues):
-                page[q:q + VQCONFIG] = VQ_NUM.to_bytes(2, "little") + irq.to_bytes(2, "little") \
-                    + (ring // PAGE).to_bytes(4, "little")
-                slot.rings.append(ring)
-                slot.irqs.append(irq)
-                self.by_ring[ring] = (slot, len(slot.rings) - 1)
-                ring += RING_PAGES * PAGE
-                irq += 1
-                q += VQCONFIG
-            page[q:q + FEATURE_LEN] = (dev.features() & 0xFFFFFFFF).to_bytes(4, "little")
-            q += 2 * FEATURE_LEN
-            page[q:q + len(config)] = config
+            page[at:at + len(desc)] = desc
+            slot = BusSlot(dev, mem + at, rings, irqs,
+                           status_offset=2 if self.first_virtio else 4)
+            for i, r in enumerate(rings):
+                self.by_ring[r] = (slot, i)
             self.slots.append(slot)
             self.by_desc[slot.desc] = slot
-            at += size
+            at += len(desc)
+            ring, irq = ring + RING_PAGES * PAGE * len(rings), irq + len(rings)
         memory.write(mem, bytes(page))
         host.on_notify = self.notify
 
@@ -223,17 +199,26 @@ class LguestBus:
                 slot.runner = None
 
 
-def first_virtio_descriptor(dev: Device, ring: int, irq: int) -> tuple[bytes, list[int]]:
-    """A device as Linux 2.6.24 reads it: {type, config_len, status} and
-    typed fields, a VIRTQUEUE one per queue (its ring at ``ring`` on, its
-    IRQ from ``irq``), then what the driver looks up (docs/abi.md §9.7).
-    The descriptor's bytes and the rings' addresses."""
-    fields, rings = bytearray(), []
-    for i in range(dev.num_queues):
-        r = ring + i * RING_PAGES * PAGE
+def descriptor(dev: Device, rings: list[int], irqs: list[int]) -> bytes:
+    """A device as Linux 2.6.25 and later read it (docs/abi.md §9.1): the
+    header, a vqconfig per queue, the offered and (empty) accepted
+    feature bitmaps, the config space."""
+    config = dev.config()
+    out = bytearray([dev.type, dev.num_queues, FEATURE_LEN, len(config), 0])
+    for r, irq in zip(rings, irqs):
+        out += struct.pack("<HHI", VQ_NUM, irq, r // PAGE)
+    out += (dev.features() & 0xFFFFFFFF).to_bytes(FEATURE_LEN, "little") + bytes(FEATURE_LEN)
+    return bytes(out + config)
+
+
+def first_virtio_descriptor(dev: Device, rings: list[int], irqs: list[int]) -> bytes:
+    """A device as Linux 2.6.24 reads it (docs/abi.md §9.7): {type,
+    config_len, status} and typed fields, a VIRTQUEUE one per queue, then
+    what the driver looks up."""
+    fields = bytearray()
+    for r, irq in zip(rings, irqs):
         fields += bytes([VIRTIO_CONFIG_F_VIRTQUEUE, VQCONFIG]) + struct.pack(
-            "<HHI", VQ_NUM, irq + i, r // PAGE)
-        rings.append(r)
+            "<HHI", VQ_NUM, irq, r // PAGE)
     config = dev.config()
     if dev.type == VIRTIO_ID_BLOCK:
         fields += bytes([FIRST_FIELD_CAPACITY, 8]) + config[:8]
@@ -241,4 +226,4 @@ def first_virtio_descriptor(dev: Device, ring: int, irq: int) -> tuple[bytes, li
         fields += bytes([FIRST_FIELD_MAC, 6]) + config[:6]
     if len(fields) > 255:
         raise ValueError(f"{dev.name}: too many fields for a first-virtio descriptor")
-    return bytes([dev.type, len(fields), 0]) + fields, rings
+    return bytes([dev.type, len(fields), 0]) + fields
