@@ -2,7 +2,8 @@
 
 The device owns the two virtqueues (0 receive, 1 transmit) and the
 virtio-net header in front of every frame (10 bytes on the lguest bus; 12
-once a G3 driver accepts VERSION_1). Where the frames go on the host is
+once a G3 driver accepts VERSION_1; 8 for Linux 2.6.24, widened to 10 for
+the back ends). Where the frames go on the host is
 its back end's business (launcher/hostnet/): a tap for ``--tunnet``, passt
 for ``--net user``. The features offered are the basic ones plus whatever
 offloads the back end can honour: a tap takes checksum and segmentation
