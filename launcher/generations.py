@@ -89,6 +89,7 @@ class Generation:
     ring: RingEntry
     calls: dict[int, str] = field(repr=False)
     vmcall: bool = False         # some calls are `vmcall` (see host/vmcall.py)
+    vmcall_site_known: bool = False  # its only `vmcall` is rewritten at INIT
     host_boot_tables: bool = False   # the Host builds the first page tables (§1.5)
     bus: str = "lguest"          # "lguest" or "pci"
     start_on_kick: bool = False  # a device starts at DRIVER_OK or its first kick (G1)
@@ -128,7 +129,8 @@ G1_2_6_31 = Generation("G1", "2.6.31-2.6.33", (2, 6, 31), G1, _EBX_ON, _FIVE, CA
                        vmcall=True, host_boot_tables=True, start_on_kick=True)
 # 2.6.34-2.6.39: `int $0x1f` again, but for one `vmcall` in send_interrupts.
 G1_2_6_34 = Generation("G1", "2.6.34-2.6.39", (2, 6, 34), G1, _EBX_ON, _FIVE, CALLS_MODERN,
-                       vmcall=True, host_boot_tables=True, start_on_kick=True)
+                       vmcall=True, vmcall_site_known=True, host_boot_tables=True,
+                       start_on_kick=True)
 GEN_G2 = Generation("G2", "3.0-4.0", (3, 0, 0), G2, _EBX_ON, _FIVE, CALLS_MODERN)
 GEN_G3 = Generation("G3", "4.1-4.13", (4, 1, 0), G3, _EBX_ON, _FIVE, CALLS_MODERN, bus="pci")
 

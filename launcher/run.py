@@ -235,10 +235,10 @@ class Session:
         why = machine.trap_vmcall()
         if why is None:
             self.note("`vmcall` reaches the Host as #UD (KVM's hypercall patching is off)")
-        elif self.generation.first < (2, 6, 34):
+        elif not self.generation.vmcall_site_known:
             raise UserError(f"{self.config.kernel}: Linux {version.split()[0]} makes every "
                             f"hypercall with `vmcall`, and {why}: it cannot run on this host "
-                            "(Linux 2.6.25-2.6.29 and 2.6.34 on can)")
+                            "(Linux 2.6.24-2.6.29 and 2.6.34 on can)")
         else:
             self.note(f"`vmcall` stays KVM's ({why}): send_interrupts is rewritten at INIT")
 

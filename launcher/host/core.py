@@ -403,7 +403,7 @@ class Host:
         self.clock_vm.attach()
         if self.generation.host_boot_tables:
             self.install_boot_tables(data)
-        if self.generation.vmcall:
+        if self.generation.vmcall_site_known:
             vmcall.patch_known_sites(self)
         self.clock = ClockEvent(self)
         self.interrupts.on_held_back = self.clock.wake
