@@ -294,15 +294,20 @@ def guest_benchmarks(fast_traps: bool = True) -> dict:
     return result
 
 
+def kernel_release(kernel: str) -> tuple[int, int, int]:
+    """(2, 6, 32) for a Linux 2.6.32 image file, from its version string;
+    (0, 0, 0) for one without (the own guest)."""
+    from .bootparams import kernel_version, read_image
+    from .generations import release
+    return release(kernel_version(read_image(kernel))) or (0, 0, 0)
+
+
 def initrd_for_kernel(kernel: str) -> str | None:
     """The initramfs LGUEST_TEST_INITRD names, or for a Linux 2.6 kernel
     LGUEST_TEST_INITRD_2_6 if set: 2.6 kernels need a userland that does
     not ask for Linux 3.2 (README, "Guest kernels")."""
-    from .bootparams import kernel_version, read_image
-    from .generations import release
     initrd = os.environ.get("LGUEST_TEST_INITRD")
-    rel = release(kernel_version(read_image(kernel))) or (0, 0, 0)
-    if rel[:2] == (2, 6):
+    if kernel_release(kernel)[:2] == (2, 6):
         return os.environ.get("LGUEST_TEST_INITRD_2_6") or initrd
     return initrd
 

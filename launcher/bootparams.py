@@ -23,6 +23,9 @@ PAGE = 4096
 BOOT_PARAMS = 0x0
 CMDLINE = 0x1000
 KERNEL_LOAD = 0x100000
+# Where an unpacked kernel lies when its header does not say (before boot
+# protocol 2.10): from 1 MiB, well within 64 MiB.
+IMAGE_BOUND = (KERNEL_LOAD, 64 << 20)
 
 # Zero-page offsets (Documentation/x86/zero-page and boot protocol).
 ZP_E820_ENTRIES = 0x1E8
@@ -64,7 +67,7 @@ class BootInfo:
     # Where the running kernel's image will lie once unpacked, as far as
     # the header tells (protocol 2.10 gives it exactly; else a bound): the
     # Host looks there for what it must patch or learn at INIT (G1).
-    image: tuple[int, int] = (KERNEL_LOAD, 64 << 20)
+    image: tuple[int, int] = IMAGE_BOUND
 
 
 def align_up(n: int, a: int = PAGE) -> int:
@@ -162,7 +165,7 @@ def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
     payload = data[pm_offset:]
     entry = struct.unpack_from("<I", data, ZP_CODE32_START)[0]
     end = KERNEL_LOAD + len(payload)
-    image = (KERNEL_LOAD, 64 << 20)
+    image = IMAGE_BOUND
     if version >= 0x020A:
         pref = struct.unpack_from("<Q", data, ZP_PREF_ADDRESS)[0]
         init_size = struct.unpack_from("<I", data, ZP_INIT_SIZE)[0]

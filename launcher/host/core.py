@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
+from ..bootparams import IMAGE_BOUND
 from ..errors import GuestFault
 from ..fastpaths import choose
 from ..generations import GEN_G2, Generation
@@ -78,7 +79,7 @@ class Host:
         self.boot_tables_below = machine.layout.ram_size
         # Where the unpacked kernel lies (bootparams.BootInfo.image), for
         # what G1's INIT looks for in it; the Session sets it.
-        self.kernel_image = (0x100000, 64 << 20)
+        self.kernel_image = IMAGE_BOUND
         self.lguest_data: LguestData | None = None
         self.memory = machine.memory
         self.regs = machine.regs
