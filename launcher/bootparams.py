@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 
 from .errors import UserError
@@ -68,6 +69,9 @@ class BootInfo:
     # the header tells (protocol 2.10 gives it exactly; else a bound): the
     # Host looks there for what it must patch or learn at INIT (G1).
     image: tuple[int, int] = IMAGE_BOUND
+    # G0 (Linux 2.6.23) starts at its virtual addresses: the kernel's
+    # PAGE_OFFSET, which linear mode maps RAM at too. 0 for the others.
+    page_offset: int = 0
 
 
 def align_up(n: int, a: int = PAGE) -> int:
@@ -140,26 +144,15 @@ def load_kernel(memory: GuestMemory, path: str, mem: int, cmdline: str = "",
 def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
                   mem: int) -> tuple[BootInfo, bytes]:
     version = struct.unpack_from("<H", data, ZP_VERSION)[0]
+    version_string = _bz_version(data)
+    generation = _generation(path, version_string)
+    pm_offset, header = _setup_header(path, data)
+    if generation.enters_after_signature:
+        return _load_signature_kernel(memory, path, data[pm_offset:], mem, generation,
+                                      version_string), header
     if version < MIN_PROTOCOL:
         raise UserError(f"{path} uses boot protocol {version >> 8}.{version & 0xFF}; lguest "
                         "needs 2.07 or later (Linux 2.6.24+)")
-    setup_sects = data[ZP_SETUP_SECTS] or 4
-    pm_offset = (setup_sects + 1) * 512
-    if pm_offset >= len(data):
-        raise UserError(f"{path} is truncated: its setup claims {setup_sects} sectors "
-                        f"but the file has {len(data)} bytes")
-    # syssize counts 16-byte paragraphs, rounded up: old build tools (Linux
-    # 2.6.24's, say) did not pad the file to match, so up to 15 bytes short
-    # is a whole kernel.
-    syssize = struct.unpack_from("<I", data, ZP_SYSSIZE)[0] * 16
-    if syssize and len(data) < pm_offset + syssize - 15:
-        raise UserError(f"{path} is truncated: its header promises {pm_offset + syssize} "
-                        f"bytes but the file has {len(data)}")
-    header_end = ZP_HEADER + data[0x201]
-    header = data[ZP_SETUP_SECTS:header_end]
-    if data[0x1FE:0x200] != b"\x55\xAA":
-        raise UserError(f"{path} has no boot-sector signature: not a valid bzImage")
-    version_string = _bz_version(data)
     if _is_64bit_bzimage(data, version):
         raise UserError(f"{path} is a 64-bit kernel; lguest guests are 32-bit (i386)")
     payload = data[pm_offset:]
@@ -175,8 +168,96 @@ def _load_bzimage(memory: GuestMemory, path: str, data: bytes,
         raise UserError(f"{path} needs {end >> 20} MiB to boot (it unpacks up to "
                         f"{end:#x}); give the guest more than that with --mem")
     memory.write(KERNEL_LOAD, payload)
-    return BootInfo(entry, _generation(path, version_string), version_string, end,
-                    image=image), header
+    return BootInfo(entry, generation, version_string, end, image=image), header
+
+
+def _setup_header(path: str, data: bytes) -> tuple[int, bytes]:
+    """Where the protected-mode code starts, and the setup header to copy
+    into the zero page."""
+    setup_sects = data[ZP_SETUP_SECTS] or 4
+    pm_offset = (setup_sects + 1) * 512
+    if pm_offset >= len(data):
+        raise UserError(f"{path} is truncated: its setup claims {setup_sects} sectors "
+                        f"but the file has {len(data)} bytes")
+    # syssize counts 16-byte paragraphs, rounded up: old build tools (Linux
+    # 2.6.24's, say) did not pad the file to match, so up to 15 bytes short
+    # is a whole kernel.
+    syssize = struct.unpack_from("<I", data, ZP_SYSSIZE)[0] * 16
+    if syssize and len(data) < pm_offset + syssize - 15:
+        raise UserError(f"{path} is truncated: its header promises {pm_offset + syssize} "
+                        f"bytes but the file has {len(data)}")
+    if data[0x1FE:0x200] != b"\x55\xAA":
+        raise UserError(f"{path} has no boot-sector signature: not a valid bzImage")
+    return pm_offset, data[ZP_SETUP_SECTS:ZP_HEADER + data[0x201]]
+
+
+# Linux 2.6.23's lguest entry, just after the signature: mov $stack,%esp;
+# mov %esi,%eax; add $PAGE_OFFSET,%eax; jmp lguest_init.
+SIGNATURE = b"GenuineLguest"
+G0_BSS_ROOM = 4 << 20          # the image does not say how big its bss is; keep this clear
+
+
+def _load_signature_kernel(memory: GuestMemory, path: str, payload: bytes, mem: int,
+                           generation: Generation, version: str) -> BootInfo:
+    """Linux 2.6.23 (G0): its decompressor cannot run under lguest, so the
+    Launcher unpacks the gzip'd kernel to 1 MiB itself and enters it just
+    after the string "GenuineLguest", at the virtual address its entry code
+    was linked for, with esi = the zero page's guest-physical address."""
+    room = mem - KERNEL_LOAD
+    kernel = _gunzip_kernel(path, payload, room)
+    at = kernel.find(SIGNATURE)
+    if at < 0:
+        raise UserError(f"{path} is Linux {version.split()[0]} built without lguest guest "
+                        "support (CONFIG_LGUEST_GUEST)")
+    entry_code = kernel[at + len(SIGNATURE):at + len(SIGNATURE) + 12]
+    page_offset = _entry_page_offset(entry_code, len(kernel))
+    if page_offset is None:
+        raise UserError(f"{path}: its lguest entry code is not Linux 2.6.23's "
+                        "(cannot tell where it expects to run)")
+    end = KERNEL_LOAD + len(kernel) + G0_BSS_ROOM
+    if end > mem:
+        raise UserError(f"{path} needs {-(-end >> 20)} MiB to boot; give the guest more "
+                        "with --mem")
+    memory.write(KERNEL_LOAD, kernel)
+    entry = page_offset + KERNEL_LOAD + at + len(SIGNATURE)
+    return BootInfo(entry, generation, version, end, image=(KERNEL_LOAD, end),
+                    page_offset=page_offset)
+
+
+def _gunzip_kernel(path: str, payload: bytes, room: int) -> bytes:
+    """The kernel inside a bzImage's payload: the first gzip stream in it
+    that unpacks, and fits in ``room`` bytes."""
+    start = payload.find(b"\x1f\x8b\x08")
+    while start >= 0:
+        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            kernel = unpacker.decompress(payload[start:], room + 1)
+        except zlib.error:
+            start = payload.find(b"\x1f\x8b\x08", start + 1)
+            continue
+        if len(kernel) > room:
+            raise UserError(f"{path} unpacks to more than {room >> 20} MiB: give the guest "
+                            "more memory with --mem")
+        if unpacker.eof:
+            return kernel
+        start = payload.find(b"\x1f\x8b\x08", start + 1)
+    raise UserError(f"{path}: no gzip'd kernel found in its payload")
+
+
+def _entry_page_offset(code: bytes, image_size: int) -> int | None:
+    """PAGE_OFFSET from the entry code's `add $PAGE_OFFSET, %eax`, checked
+    against its `mov $stack, %esp`, which must point into the image as it
+    lies at PAGE_OFFSET + 1 MiB."""
+    if len(code) < 12 or code[0] != 0xBC or code[5:7] not in (b"\x89\xf0", b"\x8b\xc6") \
+            or code[7] != 0x05:
+        return None
+    stack, = struct.unpack_from("<I", code, 1)
+    page_offset, = struct.unpack_from("<I", code, 8)
+    if page_offset % (4 << 20) or not 0 < page_offset < 0xFFC00000:
+        return None
+    if not page_offset + KERNEL_LOAD < stack <= page_offset + KERNEL_LOAD + image_size + G0_BSS_ROOM:
+        return None
+    return page_offset
 
 
 def _generation(path: str, version: str) -> Generation:

@@ -8,6 +8,9 @@ for one span of releases; the launcher picks one from the kernel's version
 string (``for_version``) before anything boots, and the Host, the loader
 and the bus ask it instead of testing names.
 
+    G0  Linux 2.6.23            the first lguest bus: devices moved data by
+                                DMA hypercalls; booted by the Launcher itself
+                                (launcher/dma/, bootparams.py)
     G1  Linux 2.6.24 - 2.6.39   the lguest bus (2.6.24: the first virtio's
                                 descriptors); the Host builds the boot page
                                 tables; four hypercall conventions (below)
@@ -42,11 +45,16 @@ class LguestDataLayout:
     noirq_start: int | None = 1376
     noirq_end: int | None = 1380
     noirq_iret: int | None = None
-    kernel_address: int = 1384
-    syscall_vec: int = 1388
+    kernel_address: int | None = 1384   # None: 2.6.23, which has neither field
+    syscall_vec: int | None = 1388
+    guestid: int | None = None      # 2.6.23: a u16 the Host fills in (its MAC's bytes 2-3)
     size: int = 1392
 
 
+# Linux 2.6.23: the 2.6.25 layout up to tsc_khz, with a u16 guestid before it.
+G0_DATA = LguestDataLayout("G0 (2.6.23)", irq_pending=None, hcall_status=20, hcalls=84,
+                           reserve_mem=1108, guestid=1112, tsc_khz=1116, noirq_start=1120,
+                           noirq_end=1124, kernel_address=None, syscall_vec=None, size=1128)
 # Linux 2.6.25-2.6.30: no irq_pending, and four-word async-ring entries.
 G1_EARLY = LguestDataLayout("G1 (2.6.25-2.6.30)", irq_pending=None, hcall_status=20, hcalls=84,
                             reserve_mem=1108, tsc_khz=1112, pgdir=1116, noirq_start=1120,
@@ -64,6 +72,11 @@ _COMMON = {0: "FLUSH_ASYNC", 1: "LGUEST_INIT", 2: "SHUTDOWN", 4: "NEW_PGTABLE",
 # 2.6.25-2.6.29: the whole GDT in one call (3); 15 sets a top-level entry
 # (the kernel called it SET_PMD; it is what later releases call SET_PGD).
 CALLS_2_6_25 = {**_COMMON, 3: "LOAD_GDT", 15: "SET_PGD"}
+# 2.6.23: the same numbers, 11 unused, and the DMA calls of its devices
+# (12, 13) where later releases have SET_PMD's 13. 2 is CRASH, which the
+# guest also makes to power off ("Power down"): SHUTDOWN's duty.
+CALLS_2_6_23 = {**{n: d for n, d in CALLS_2_6_25.items() if n != 17},
+                12: "BIND_DMA", 13: "SEND_DMA"}
 # 2.6.30: one GDT entry at a time (18).
 CALLS_2_6_30 = {**_COMMON, 15: "SET_PGD", 18: "LOAD_GDT_ENTRY"}
 # 2.6.31 on: PAE guests (13 sets a PMD entry) and SEND_INTERRUPTS (19).
@@ -91,10 +104,14 @@ class Generation:
     vmcall: bool = False         # some calls are `vmcall` (see host/vmcall.py)
     vmcall_site_known: bool = False  # its only `vmcall` is rewritten at INIT
     host_boot_tables: bool = False   # the Host builds the first page tables (§1.5)
-    bus: str = "lguest"          # "lguest" or "pci"
+    bus: str = "lguest"          # "lguest", "pci", or "dma" (2.6.23: launcher/dma/)
     start_on_kick: bool = False  # a device starts at DRIVER_OK or its first kick (G1)
     may_be_pae: bool = True
     first_virtio: bool = False   # Linux 2.6.24's devices: typed config fields (lguest_bus.py)
+    # 2.6.23: the Launcher unpacks the kernel and enters it after the string
+    # "GenuineLguest", at its virtual address (bootparams.py); from 2.6.24
+    # the x86 boot protocol's hardware_subarch does it.
+    enters_after_signature: bool = False
 
     @property
     def switcher_reads_args(self) -> bool:
@@ -104,14 +121,19 @@ class Generation:
             len(self.arg_registers) == 4 or not self.may_be_pae)
 
     def describe(self) -> str:
-        how = ("virtio 1.0 devices on an emulated PCI bus" if self.bus == "pci"
-               else "devices on the lguest bus")
+        how = {"pci": "virtio 1.0 devices on an emulated PCI bus",
+               "dma": "DMA devices on the first lguest bus"}.get(self.bus,
+                                                                 "devices on the lguest bus")
         return f"{self.name}, Linux {self.releases}: {how}"
 
 
 _FIVE = RingEntry(20, (4, 8, 12, 16))
 _EBX_ON = (EBX, ECX, EDX, ESI)
 
+# 2.6.23: `int $0x1f`, arguments in edx, ebx, ecx; its ring entry keeps
+# them in that order after the call.
+G0 = Generation("G0", "2.6.23", (2, 6, 23), G0_DATA, (EDX, EBX, ECX), RingEntry(16, (4, 8, 12)),
+                CALLS_2_6_23, bus="dma", may_be_pae=False, enters_after_signature=True)
 # 2.6.25-2.6.29: `int $0x1f`, arguments in edx, ebx, ecx; the ring entry
 # lays them out as the registers are saved (eax ebx ecx edx): call, arg2,
 # arg3, arg1.
@@ -135,8 +157,7 @@ GEN_G2 = Generation("G2", "3.0-4.0", (3, 0, 0), G2, _EBX_ON, _FIVE, CALLS_MODERN
 GEN_G3 = Generation("G3", "4.1-4.13", (4, 1, 0), G3, _EBX_ON, _FIVE, CALLS_MODERN, bus="pci")
 
 # Newest first: a kernel is the first generation it is not older than.
-GENERATIONS = (GEN_G3, GEN_G2, G1_2_6_34, G1_2_6_31, G1_2_6_30, G1_2_6_25, G1_2_6_24)
-SUPPORTED = "Linux 2.6.24-4.13"
+GENERATIONS = (GEN_G3, GEN_G2, G1_2_6_34, G1_2_6_31, G1_2_6_30, G1_2_6_25, G1_2_6_24, G0)
 
 
 def release(version: str) -> tuple[int, int, int] | None:
@@ -159,10 +180,6 @@ def for_version(version: str) -> Generation:
         raise UserError(f"{name} has no lguest guest support (it was removed in 4.14)")
     if rel < (2, 6, 23):
         raise UserError(f"{name} predates lguest (its first guest was Linux 2.6.23)")
-    if rel < (2, 6, 24):
-        # 2.6.23: the DMA devices of the first lguest bus.
-        raise UserError(f"{name} is not supported yet: its lguest devices predate virtio "
-                        f"({SUPPORTED} are)")
     for gen in GENERATIONS:
         if rel >= gen.first:
             return gen

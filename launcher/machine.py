@@ -332,6 +332,18 @@ class Machine:
             pd[i] = (i * big) | PTE_P | PTE_RW | PTE_A | PTE_D | PTE_PS
         pd[1023] = self.switcher_pde()
 
+    def alias_linear(self, page_offset: int) -> None:
+        """Linear mode for Linux 2.6.23 (G0), which starts at its virtual
+        addresses: map RAM at ``page_offset`` too, as that Launcher's boot
+        page tables did, below the Switcher's slot."""
+        big = 1 << 22
+        if page_offset % big or not 0 < page_offset < self.image.SW_BASE:
+            raise ValueError(f"PAGE_OFFSET {page_offset:#x} cannot be aliased")
+        pd = self._rw_view(self.image.SW_LINEAR_PD, PAGE).cast("I")
+        first = page_offset // big
+        for i in range(min((self.layout.slot0_size + big - 1) // big, 1023 - first)):
+            pd[first + i] = pd[i]
+
     def map_lguest_data(self, gpa: int, size: int) -> int:
         """Map the (at most two) pages holding lguest_data at the Switcher's
         window, in both page-table formats; returns lguest_data's address

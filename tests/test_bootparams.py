@@ -68,11 +68,64 @@ def test_generation_from_the_version_string(kver, layout):
 
 
 @pytest.mark.parametrize("kver,match", [("5.10.0", "removed in 4.14"),
-                                        ("2.6.23", "2.6.23 is not supported yet"),
+                                        ("2.6.22.19", "predates lguest"),
                                         ("2.6.18", "predates lguest")])
 def test_kernels_without_a_usable_lguest_are_refused(kver, match):
     with pytest.raises(UserError, match=match):
         for_version(kver)
+
+
+def g0_kernel(page_offset=0xC0000000, pad=0x3000, signature=b"GenuineLguest", esp=None):
+    """A stand-in for Linux 2.6.23's unpacked kernel: the lguest signature
+    and its entry code (mov $stack,%esp; mov %esi,%eax; add $PAGE_OFFSET,%eax;
+    jmp) somewhere inside."""
+    esp = page_offset + 0x100000 + 0x2000 if esp is None else esp
+    code = (b"\xbc" + struct.pack("<I", esp) + b"\x89\xf0\x05" + struct.pack("<I", page_offset)
+            + b"\xe9\0\0\0\0")
+    return b"K" * pad + signature + code + b"T" * 0x1000
+
+
+def g0_bzimage(kernel, junk=b"\x1f\x8b\x08 not gzip at all"):
+    import gzip
+    return bzimage(version=0x0206, kver="2.6.23 (test)", payload=b"\x90" * 700 + junk
+                   + gzip.compress(kernel) + b"\0" * 16)
+
+
+def test_linux_2_6_23_is_unpacked_and_entered_after_its_signature(tmp_path):
+    kernel = g0_kernel()
+    info, m = load(tmp_path, g0_bzimage(kernel), cmdline="console=hvc0")
+    assert info.generation.name == "G0" and info.page_offset == 0xC0000000
+    assert m.read(0x100000, len(kernel)) == kernel           # unpacked at 1 MiB
+    at = kernel.index(b"GenuineLguest") + len(b"GenuineLguest")
+    assert info.entry == 0xC0000000 + 0x100000 + at           # its virtual address
+    assert m.read(info.entry - 0xC0000000, 1) == b"\xbc"
+    assert m.cstring(0x1000, 100) == b"console=hvc0"         # the zero page as for the rest
+    assert struct.unpack_from("<QQI", m.read(B.ZP_E820_MAP, 20)) == (0, MEM, 1)
+
+
+def test_a_2_6_23_kernel_with_another_page_offset(tmp_path):
+    info, _ = load(tmp_path, g0_bzimage(g0_kernel(page_offset=0x80000000)))
+    assert info.page_offset == 0x80000000
+
+
+@pytest.mark.parametrize("kernel,match", [
+    (g0_kernel(signature=b"NotAnLguestOS"), "without lguest guest support"),
+    (g0_kernel(page_offset=0xC0100000), "entry code"),               # not 4 MiB aligned
+    (g0_kernel(esp=0x1000), "entry code"),                            # stack outside the image
+])
+def test_2_6_23_kernels_that_cannot_be_entered_are_refused(tmp_path, kernel, match):
+    with pytest.raises(UserError, match=match):
+        load(tmp_path, g0_bzimage(kernel))
+
+
+def test_a_2_6_23_bzimage_without_a_kernel_inside(tmp_path):
+    with pytest.raises(UserError, match="no gzip'd kernel"):
+        load(tmp_path, bzimage(version=0x0206, kver="2.6.23 (test)"))
+
+
+def test_a_2_6_23_kernel_that_unpacks_beyond_memory(tmp_path):
+    with pytest.raises(UserError, match="--mem"):
+        load(tmp_path, g0_bzimage(g0_kernel(pad=6 << 20)), mem=6 << 20)
 
 
 @pytest.mark.parametrize("data,match", [

@@ -16,7 +16,7 @@ MIB = 1 << 20
 
 
 @pytest.mark.parametrize("version,gen", [
-    ("2.6.24", G.G1_2_6_24), ("2.6.25", G.G1_2_6_25), ("2.6.29.6", G.G1_2_6_25), ("2.6.30", G.G1_2_6_30),
+    ("2.6.23", G.G0), ("2.6.23.17", G.G0), ("2.6.24", G.G1_2_6_24), ("2.6.25", G.G1_2_6_25), ("2.6.29.6", G.G1_2_6_25), ("2.6.30", G.G1_2_6_30),
     ("2.6.31", G.G1_2_6_31), ("2.6.33.20", G.G1_2_6_31), ("2.6.34", G.G1_2_6_34),
     ("2.6.39.3", G.G1_2_6_34), ("3.0.1", G.GEN_G2), ("3.19.8", G.GEN_G2),
     ("4.1.52", G.GEN_G3), ("4.13.16", G.GEN_G3), ("", G.GEN_G2)])
@@ -26,7 +26,8 @@ def test_each_release_has_one_generation(version, gen):
 
 def test_the_layouts_match_the_abi_tables():
     # docs/abi.md §4: sizeof(struct lguest_data) per generation.
-    assert (G.G1_EARLY.size, G.G1.size, G.G2.size, G.G3.size) == (1136, 1396, 1392, 1388)
+    assert (G.G0_DATA.size, G.G1_EARLY.size, G.G1.size, G.G2.size, G.G3.size) == (
+        1128, 1136, 1396, 1392, 1388)
     # the ring: 64 status bytes, then 64 entries, then reserve_mem
     for gen in G.GENERATIONS:
         d = gen.data
@@ -37,8 +38,9 @@ def test_the_layouts_match_the_abi_tables():
 def g1_host(gen, ram=32 * MIB, pae=None):
     m = FakeMachine(ram)
     d = gen.data
-    m.memory.set_u32(LDATA + d.syscall_vec, 0x80)
-    m.memory.set_u32(LDATA + d.kernel_address, 0xC0000000)
+    if d.syscall_vec is not None:
+        m.memory.set_u32(LDATA + d.syscall_vec, 0x80)
+        m.memory.set_u32(LDATA + d.kernel_address, 0xC0000000)
     m.memory.write(LDATA + d.hcall_status, b"\xff" * 64)
     h = Host(m, generation=gen, pae=pae)
     m.regs[CS], m.regs[SS], m.regs[EFLAGS] = 0x61, 0x69, 0x202
@@ -51,6 +53,50 @@ def call(h, number, regs):
     for slot, value in regs.items():
         r[slot] = value
     h.handle_trap()
+
+
+def test_2_6_23_init_fills_in_its_own_fields():
+    """G0's lguest_data has no kernel_address or syscall_vec to check, and a
+    guestid for the Host to fill in (its network card's MAC)."""
+    h = g1_host(G.G0)
+    h.kernel_address, h.guestid = 0xC0000000, 0x1234
+    d = G.G0_DATA
+    h.memory.set_u32(LDATA + d.noirq_start, 0xC0100010)
+    h.memory.set_u32(LDATA + d.noirq_end, 0xC0100020)
+    call(h, 1, {EDX: LDATA, EBX: 0, ECX: 0})
+    m = h.memory
+    assert m.u16(LDATA + d.guestid) == 0x1234
+    assert m.u32(LDATA + d.reserve_mem) == 0x100000000 - h.image.SW_BASE
+    assert m.u32(LDATA + d.tsc_khz) == h.machine.tsc_khz
+    assert h.noirq == (0xC0100010, 0xC0100020) and h.kernel_address == 0xC0000000
+    assert m.u32(LDATA + d.time) > 0
+
+
+def test_2_6_23_calls_are_its_own():
+    calls = G.G0.calls
+    assert (calls[2], calls[3], calls[12], calls[13], calls[15]) == (
+        "SHUTDOWN", "LOAD_GDT", "BIND_DMA", "SEND_DMA", "SET_PGD")
+    assert 17 not in calls and 18 not in calls and G.G0.bus == "dma"
+
+
+def test_2_6_23_power_off_is_its_crash_call():
+    h = g1_host(G.G0)
+    call(h, 1, {EDX: LDATA, EBX: 0, ECX: 0})
+    h.memory.write(0x3000, b"Power down\0")
+    call(h, 2, {EDX: 0x3000, EBX: 0, ECX: 0})
+    assert h.outcome.kind == "poweroff"
+
+
+def test_linear_mode_maps_page_offset_for_2_6_23():
+    h = g1_host(G.G0)
+    pt = h.pagetables
+    assert pt.translate(0x5000) == 0x5000
+    with pytest.raises(GuestFault):
+        pt.translate(0xC0005000)
+    pt.linear_alias = 0xC0000000
+    assert pt.translate(0xC0005000) == 0x5000 and pt.translate(0x5000) == 0x5000
+    with pytest.raises(GuestFault, match="not mapped"):
+        pt.translate(0xC0000000 + 64 * MIB)
 
 
 def test_2_6_25_passes_arguments_in_edx_ebx_ecx():

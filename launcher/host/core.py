@@ -99,7 +99,8 @@ class Host:
         self.ss1, self.esp1 = 0, 0
         self.noirq = (0, 0)           # G1/G2: the guest's iret window
         self.noirq_iret = -1          # G3: the guest's final iret
-        self.kernel_address = 0
+        self.kernel_address = 0       # PAGE_OFFSET: from LGUEST_INIT, or the Session (G0)
+        self.guestid = 0              # G0: lguest_data.guestid (the Session sets it)
         self.last_cr2 = 0
         self.ram_limit = machine.layout.slot0_size
         self.device_limit = self.ram_limit   # G3: the end of the PCI BARs
@@ -132,6 +133,9 @@ class Host:
             "LOAD_GDT": lambda gpa, n, _a, _b: self.segments.load_gdt(gpa, n),
             "FLUSH_ASYNC": self.hcall_nop,
             "SEND_INTERRUPTS": self.hcall_nop,
+            # G0's devices (launcher/dma/): the bus hooks them at install.
+            "BIND_DMA": lambda key, dmas, packed, _: self.on_bind_dma(key, dmas, packed),
+            "SEND_DMA": lambda key, dma, _a, _b: self.on_send_dma(key, dma),
         }
         # Built once from the generation's numbers: dispatch is one dict
         # lookup per exit.
@@ -155,6 +159,10 @@ class Host:
             self.traps.never_direct = self.traps.never_direct | {6}
         # The Launcher's side: NOTIFY values the Host does not handle itself.
         self.on_notify: Callable[[int], None] = lambda gpa: None
+        # G0's DMA calls, which the DMA bus answers; BIND_DMA's result goes
+        # back to the guest in eax.
+        self.on_bind_dma: Callable[[int, int, int], int] = self.no_dma_bus
+        self.on_send_dma: Callable[[int, int], None] = self.no_dma_bus
         # Tests and the Launcher may hook the port-I/O emulation.
         self.port_in: Callable[[int, int], int] | None = None
         # Returns False to refuse the write: the guest then gets the #GP.
@@ -366,7 +374,9 @@ class Host:
         if self.args_from_ebx:
             handler(r[EBX], r[ECX], r[EDX], r[ESI])
         else:
-            handler(*(r[i] for i in self.arg_slots), *self.absent_args)
+            result = handler(*(r[i] for i in self.arg_slots), *self.absent_args)
+            if result is not None:          # BIND_DMA (G0) answers in eax
+                r[EAX] = result
 
     def dispatch(self, number: int, a1: int, a2: int, a3: int, a4: int) -> None:
         handler = self.hypercalls.get(number)
@@ -381,18 +391,23 @@ class Host:
             raise GuestFault("LGUEST_INIT called twice")
         data = LguestData(self.memory, gpa, self.layout)
         data.set("tsc_khz", self.machine.tsc_khz)
-        syscall_vec = data.get("syscall_vec")
-        if syscall_vec != 0x80:
-            raise GuestFault(f"LGUEST_INIT: unsupported system call vector {syscall_vec:#x}")
-        kernel_address = data.get("kernel_address")
-        if kernel_address >= self.image.SW_BASE:
-            raise GuestFault(f"LGUEST_INIT: kernel address {kernel_address:#x} is inside "
+        layout = self.layout
+        if layout.syscall_vec is not None:
+            syscall_vec = data.get("syscall_vec")
+            if syscall_vec != 0x80:
+                raise GuestFault(f"LGUEST_INIT: unsupported system call vector {syscall_vec:#x}")
+        if layout.kernel_address is not None:
+            # (2.6.23 has no such field: the Session knows it from the image.)
+            self.kernel_address = data.get("kernel_address")
+        if self.kernel_address >= self.image.SW_BASE:
+            raise GuestFault(f"LGUEST_INIT: kernel address {self.kernel_address:#x} is inside "
                              "the Switcher's reserved region")
-        if self.layout.noirq_start is not None:
+        if layout.guestid is not None:
+            self.memory.set_u16(gpa + layout.guestid, self.guestid)
+        if layout.noirq_start is not None:
             self.noirq = (data.get("noirq_start"), data.get("noirq_end"))
         else:
             self.noirq_iret = data.get("noirq_iret")
-        self.kernel_address = kernel_address
         # The top 4 MiB (PDE 1023; PMD 510-511 with PAE) is the Switcher's,
         # whatever the generation (G1's Host reserved only 2 MiB with PAE;
         # the guest keeps out of whatever we say).
@@ -504,6 +519,9 @@ class Host:
             self.interrupts.halted = True
         else:
             self.interrupts.halt()
+
+    def no_dma_bus(self, *_args: int) -> int:
+        raise GuestFault("a DMA hypercall, but this guest has no DMA devices")
 
     def hcall_nop(self, *_args: int) -> None:
         """FLUSH_ASYNC and SEND_INTERRUPTS: their work is the side effects

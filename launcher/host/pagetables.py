@@ -44,6 +44,8 @@ class PageTables:
         self.pae = pae              # None until the first NEW_PGTABLE decides
         self.cpu_in_pae = False     # linear mode always runs non-PAE
         self.cr3: int | None = None   # None: linear mode
+        # G0: linear mode also maps RAM at PAGE_OFFSET (Machine.alias_linear).
+        self.linear_alias: int | None = None
         self.reserved_start = host.image.SW_BASE
 
     # -- PAE detection -------------------------------------------------------
@@ -162,6 +164,9 @@ class PageTables:
         """Guest virtual -> guest physical in the current address space."""
         vaddr &= 0xFFFFFFFF
         if self.cr3 is None:
+            alias = self.linear_alias
+            if alias is not None and vaddr >= alias:
+                vaddr -= alias
             if vaddr >= self.host.ram_limit:
                 raise GuestFault(f"guest address {vaddr:#x} is not mapped (linear mode)")
             return vaddr
