@@ -33,6 +33,7 @@ from .virtio.block import Block
 from .virtio.console import Console
 from .virtio.device import Device
 from .virtio.lguest_bus import LguestBus, pages_needed
+from . import dma
 from .virtio.pci_bus import PciBus
 from .virtio.net import Net
 from .hostnet.passt import default_mac, parse_user_net, user_net_backend
@@ -82,10 +83,11 @@ class GuestConfig:
                     devs.append(Block(path, ro, n))
                 elif kind == "tunnet":
                     ip, bridge, mac = parse_tunnet(arg)
-                    devs.append(Net(TapBackend(ip, bridge), n, mac))
+                    devs.append(Net(TapBackend(ip, bridge), n, mac, mac_given=mac is not None))
                 elif kind == "usernet":
                     net = parse_user_net(arg)
-                    devs.append(Net(user_net_backend(net), n, net.mac or default_mac(n)))
+                    devs.append(Net(user_net_backend(net), n, net.mac or default_mac(n),
+                                    mac_given=net.mac is not None))
                 else:
                     devs.append(Rng())
         except Exception:
@@ -109,7 +111,16 @@ class Session:
         # version string says which before anything boots.
         self.generation = kernel_generation(self.kernel, config.kernel)
         self.host: Host | None = None
+        # G0's network card takes its MAC from lguest_data.guestid
+        # (02:00:id:id:00:00): one per launcher, so guests on one bridge differ.
+        self.guestid = os.getpid() & 0xFFFF
         self.devices = config.devices(self.console_interrupt)
+        if self.generation.bus == "dma":
+            try:
+                dma.check_devices(self.devices)
+            except UserError:
+                self.close()
+                raise
         self.kvm: Kvm | None = None
         self.attached = False            # the devices' host sides (open_kvm)
         self.recorder: ExitRecorder | None = None
@@ -169,9 +180,10 @@ class Session:
             # Host sides of the devices (a tap, passt) exist only where the
             # guest runs: never in a launcher that hands the run to the testbed.
             self.attached = True
+            describe = dma.describe if self.generation.bus == "dma" else lambda d: d.describe()
             for dev in self.devices:
                 dev.attach()
-                self.note(f"device {dev.describe()}")
+                self.note(f"device {describe(dev)}")
         c = self.config
         if self.recorder is None and (c.stats or c.trace):
             try:
@@ -185,12 +197,16 @@ class Session:
         self.open_kvm()
         gen = self.generation
         if gen.bus == "pci":
-            bus: LguestBus | PciBus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
+            bus: LguestBus | PciBus | dma.DmaBus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
             machine = Machine(c.mem, kvm=self.kvm, apic=c.fast_clock)
             if bus.limit > machine.image.SW_BASE:
                 machine.close(keep_kvm=True)
                 raise UserError(f"--mem {c.mem >> 20}M leaves no room for the PCI devices' "
                                 "registers below 4 GiB: give the guest less memory")
+        elif gen.bus == "dma":
+            bus = dma.DmaBus(self.devices)
+            machine = Machine(c.mem, device_pages=dma.pages_needed(self.devices),
+                              kvm=self.kvm, apic=c.fast_clock)
         else:
             bus = LguestBus(self.devices, early_console=c.console,
                             start_on_kick=gen.start_on_kick, first_virtio=gen.first_virtio)
@@ -200,6 +216,8 @@ class Session:
         started = time.monotonic()
         try:
             boot = self._load(machine.memory)
+            if boot.page_offset:
+                machine.alias_linear(boot.page_offset)     # G0 starts at virtual addresses
             machine.set_start(boot.entry)
             self.note_layout(machine, bus, boot)
             if gen.vmcall:
@@ -208,6 +226,9 @@ class Session:
                                      fast_traps=c.fast_traps)
             host.boot_tables_below = boot.initrd_at
             host.kernel_image = boot.image
+            if boot.page_offset:
+                host.pagetables.linear_alias = host.kernel_address = boot.page_offset
+                host.guestid = self.guestid
             if isinstance(bus, PciBus):
                 bus.install(host, vm=machine.vm)
             else:
@@ -242,7 +263,8 @@ class Session:
         else:
             self.note(f"`vmcall` stays KVM's ({why}): send_interrupts is rewritten at INIT")
 
-    def note_layout(self, machine: Machine, bus: "LguestBus | PciBus", boot) -> None:
+    def note_layout(self, machine: Machine, bus: "LguestBus | PciBus | dma.DmaBus",
+                    boot) -> None:
         if self.config.log is None:
             return
         c = self.config
@@ -253,8 +275,8 @@ class Session:
         if isinstance(bus, PciBus):
             devices = f"PCI device registers up to {bus.limit:#x}"
         else:
-            devices = (f"the lguest bus's page and rings {c.mem:#x}-"
-                       f"{machine.layout.slot0_size:#x}")
+            what = "devices' pages" if isinstance(bus, dma.DmaBus) else "bus's page and rings"
+            devices = f"the lguest {what} {c.mem:#x}-{machine.layout.slot0_size:#x}"
         self.note(f"memory: RAM 0-{c.mem:#x} ({c.mem >> 20} MiB); {devices}; "
                   f"the Switcher's pages from {top:#x}")
         if c.initrd:

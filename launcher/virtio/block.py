@@ -110,6 +110,20 @@ class Block(Device):
         status_byte[0] = status
         return written + 1
 
+    def io(self, write: bool, sector: int, bufs: list[memoryview]) -> int | None:
+        """Write ``bufs`` at ``sector`` (on disk before this returns) or read
+        into them; the bytes moved, or None for an I/O error (a read-only
+        disk, past the end, the host's error)."""
+        if write and self.readonly:
+            return None
+        try:
+            done = self._transfer(os.pwritev if write else os.preadv, sector, bufs)
+            if write and done is not None:
+                os.fdatasync(self.fd)
+        except OSError:
+            return None
+        return done
+
     def _in_range(self, sector: int, length: int) -> bool:
         return sector * SECTOR + length <= self.size and sector < (1 << 55)
 

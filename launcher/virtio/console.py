@@ -141,9 +141,12 @@ class Console(Device):
         if data == 0 and not self.eof:
             self.eof = True
         vq.push(chain.head, data)
-        # Keystrokes may arrive together (the guest took its time to offer
-        # a buffer): each ^C counts, anything else starts the count again.
-        for byte in b"".join(bytes(b) for b in chain.writable)[:data]:
+        self.took_input(b"".join(bytes(b) for b in chain.writable)[:data])
+
+    def took_input(self, data: bytes) -> None:
+        """Keystrokes may arrive together (the guest took its time to offer
+        a buffer): each ^C counts, anything else starts the count again."""
+        for byte in data:
             if byte == CTRL_C[0]:
                 self.count_ctrl_c()
             else:

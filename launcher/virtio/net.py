@@ -31,10 +31,12 @@ class Net(Device):
     type = VIRTIO_ID_NET
     num_queues = 2                         # 0 receive, 1 transmit
 
-    def __init__(self, backend: NetBackend, index: int = 0, mac: bytes | None = None) -> None:
+    def __init__(self, backend: NetBackend, index: int = 0, mac: bytes | None = None,
+                 mac_given: bool = False) -> None:
         self.name = f"net{index}"
         self.backend = backend
         self.mac = mac
+        self.mac_given = mac_given      # the user asked for it (a G0 guest cannot take one)
         self.gone = False
 
     def attach(self) -> None:
