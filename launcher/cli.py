@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "bundled guest boots\n(it self-tests the Host and powers off); "
                     "GUEST ARGS go on the guest's command line.",
         epilog="KERNEL is an i386 bzImage or vmlinux-style ELF with lguest guest support "
-               "(Linux 2.6.24-4.13);\nlguest's own form `launcher 64 vmlinux args...` "
+               "(Linux 2.6.23-4.13);\nlguest's own form `launcher 64 vmlinux args...` "
                "(memory in MiB first) works too.\n\n"
                "LGUEST_FAST_PATHS=off in the environment makes every --no-fast-* "
                "option the default;\nLGUEST_FAST_CLOCK=on makes --fast-clock the default.\n\n"
