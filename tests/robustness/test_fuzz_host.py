@@ -113,3 +113,46 @@ def test_virtqueue_parser_only_ever_kills(ring, base, num, rounds):
             vq.push(chain.head, chain.writable_len)
     except GuestFault:
         pass
+
+
+@FUZZ
+@given(calls=st.lists(st.tuples(st.sampled_from([12, 13]), interesting, interesting,
+                                interesting), max_size=12),
+       scribble=st.lists(st.tuples(st.integers(0, (4 << 20) - 8), u32), max_size=40),
+       block_page=st.tuples(st.integers(0, 1), u32, u32))
+def test_2_6_23_dma_calls_only_ever_kill(tmp_path_factory, calls, scribble, block_page):
+    """BIND_DMA and SEND_DMA with anything in their registers and in the
+    structures they point at: the DMA bus carries on or kills."""
+    from launcher.dma import DmaBus, pages_needed
+    from launcher.generations import G0
+    from launcher.virtio.block import Block
+    from launcher.virtio.console import Console
+    import io
+    disk = tmp_path_factory.mktemp("dma") / "disk"
+    disk.write_bytes(bytes(8192))
+    devices = [Block(str(disk)), Console(io.BytesIO())]
+    ram = (4 << 20) - pages_needed(devices) * 4096
+    m = FakeMachine(4 << 20)
+    h = Host(m, generation=G0)
+    h.interrupts.raise_irq = lambda irq: None
+    h.lguest_data = object()               # past LGUEST_INIT
+    h.async_ring.drain = lambda: None
+    bus = DmaBus(devices)
+    bus.install(h, ram)
+    for addr, value in scribble:
+        h.memory.set_u32(addr, value)
+    kind, sector, length = block_page
+    h.memory.write(ram + 4096, kind.to_bytes(4, "little") + sector.to_bytes(4, "little")
+                   + length.to_bytes(4, "little"))
+    try:
+        for number, key, arg, packed in calls + [(13, ram + 4096, arg, 0) for arg in (0x2000,)]:
+            r = h.regs
+            r[TRAPNUM], r[EAX], r[EDX], r[EBX], r[ECX] = 0x1F, number, key, arg, packed
+            try:
+                h.handle_trap()
+            except GuestFault:
+                break
+    finally:
+        bus.shutdown()
+        for d in devices:
+            d.close()
