@@ -255,7 +255,8 @@ def _entry_page_offset(code: bytes, image_size: int) -> int | None:
     page_offset, = struct.unpack_from("<I", code, 8)
     if page_offset % (4 << 20) or not 0 < page_offset < 0xFFC00000:
         return None
-    if not page_offset + KERNEL_LOAD < stack <= page_offset + KERNEL_LOAD + image_size + G0_BSS_ROOM:
+    image_at = page_offset + KERNEL_LOAD
+    if not image_at < stack <= image_at + image_size + G0_BSS_ROOM:
         return None
     return page_offset
 

@@ -196,8 +196,9 @@ class Session:
         c = self.config
         self.open_kvm()
         gen = self.generation
+        bus: LguestBus | PciBus | dma.DmaBus
         if gen.bus == "pci":
-            bus: LguestBus | PciBus | dma.DmaBus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
+            bus = PciBus(self.devices, c.mem, use_ioeventfd=c.ioeventfd)
             machine = Machine(c.mem, kvm=self.kvm, apic=c.fast_clock)
             if bus.limit > machine.image.SW_BASE:
                 machine.close(keep_kvm=True)

@@ -30,7 +30,7 @@ LGUEST_MAX_DMA_SECTIONS = 16
 LGUEST_MAX_DEVICES = 16          # descriptors in the page
 LGUEST_IRQS = 32
 DMA = struct.Struct("<I16I16H")  # struct lguest_dma {used_len; addr[16]; len[16]}
-DESC = struct.Struct("<HHHHI")   # struct lguest_device_desc {type, features, status, num_pages; pfn}
+DESC = struct.Struct("<HHHHI")   # lguest_device_desc {type, features, status, num_pages; pfn}
 RETRY_S = 0.01                   # input waiting for the guest to free a buffer: look again
 
 
