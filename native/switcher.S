@@ -104,6 +104,21 @@
         .set SW_CPUID_TABLE,    SW_TSS + 0x800   /* function index flags eax ebx ecx edx */
         .set SW_CPUID_MAX,      (0x1000 - 0x800) / 28
         .set SW_FAST_GPS,       SW_REGPAGE + 0xEC
+/*
+ * Configuration writes the Switcher keeps to itself (launcher/virtio/pci_bus.py):
+ * a G3 guest's early console sets up the PCI_CFG window with three of them
+ * per character, each behind an address written to 0xCF8. The latch and the
+ * window's fields are plain storage: Python lists the dwords (by their
+ * latch value: enable bit set, low two bits clear), we merge the bytes
+ * written into their copies in the register page, and Python reads the
+ * copies back whenever it handles a configuration cycle itself.
+ */
+        .globl SW_PCI_N, SW_PCI_TABLE, SW_PCI_MAX, SW_PCI_LATCH, SW_PCI_SHADOW
+        .set SW_PCI_N,          SW_FAST + 0xA0   /* entries in SW_PCI_TABLE; 0: all exit */
+        .set SW_PCI_TABLE,      SW_FAST + 0xA4   /* u32 latch values */
+        .set SW_PCI_MAX,        16
+        .set SW_PCI_LATCH,      SW_REGPAGE + 0x100  /* what the guest last wrote to 0xCF8 */
+        .set SW_PCI_SHADOW,     SW_REGPAGE + 0x104  /* u32 per entry, in the table's order */
 /* The same for system calls through an interrupt gate (Linux 4.x's int $0x80). */
         .globl SW_FAST_SYS_HANDLER, SW_FAST_SYSCALLS
         .set SW_FAST_SYS_HANDLER, SW_FAST + 0x50  /* 0: every system call exits */
@@ -149,7 +164,7 @@
         .set SW_KERNEL_ADDR,    SW_FAST + 0x94
         .set SW_PT_CR3,         SW_FAST + 0x98   /* the table Python last loaded */
         .set SW_FAST_PTES,      SW_REGPAGE + 0xF0
-        .set SW_FAST_END,       SW_FAST + 0xA0
+        .set SW_FAST_END,       SW_FAST + 0xE4
         .set LHCALL_SET_PTE,    14
         .set PTE_P,             0x1
         .set PTE_PS,            0x80
@@ -495,7 +510,55 @@ fast_gp:
         testl $1, %eax
         jnz 4f
         movl $1, %edi                   /* in/out of a byte */
-4:      movl $SW_IO_CLAIMED, %ebx       /* a port a device claims: Python */
+4:      cmpl $0, SW_PCI_N               /* configuration writes we may keep */
+        je 11f
+        testl $2, %eax
+        jz 11f
+        cmpl $0xCF8, %edx
+        jne 12f
+        cmpl $4, %edi                   /* the address latch: a whole dword only */
+        jne exit_to_host
+        movl SW_REGS + 0, %ebx
+        movl %ebx, SW_PCI_LATCH
+        jmp 6f
+12:     leal -0xCFC(%edx), %ecx         /* ecx: the byte within the data dword */
+        cmpl $3, %ecx
+        ja 11f                          /* (unsigned) not a data port */
+        leal (%ecx,%edi), %ebx
+        cmpl $4, %ebx
+        ja exit_to_host                 /* spilling past the dword: Python */
+        movl SW_PCI_LATCH, %ebx
+        testl %ebx, %ebx
+        jns exit_to_host                /* no enable bit: Python */
+        andl $0xFFFFFFFC, %ebx
+        movl SW_PCI_N, %esi
+        cmpl $SW_PCI_MAX, %esi
+        ja exit_to_host
+        xorl %eax, %eax                 /* eax: the entry (the opcode is done with) */
+13:     cmpl SW_PCI_TABLE(,%eax,4), %ebx
+        je 14f
+        incl %eax
+        cmpl %esi, %eax
+        jb 13b
+        jmp exit_to_host                /* any other dword: Python */
+14:     shll $3, %ecx                   /* cl: where the bytes go */
+        movl $0xFF, %ebx
+        cmpl $1, %edi
+        je 15f
+        movl $0xFFFF, %ebx
+        cmpl $2, %edi
+        je 15f
+        movl $0xFFFFFFFF, %ebx
+15:     shll %cl, %ebx                  /* ebx: the bytes written */
+        movl SW_REGS + 0, %edx
+        shll %cl, %edx
+        andl %ebx, %edx
+        notl %ebx
+        andl SW_PCI_SHADOW(,%eax,4), %ebx
+        orl %edx, %ebx
+        movl %ebx, SW_PCI_SHADOW(,%eax,4)
+        jmp 6f
+11:     movl $SW_IO_CLAIMED, %ebx       /* a port a device claims: Python */
         movl $SW_IO_RANGES, %ecx
 5:      cmpl (%ebx), %edx
         jb 7f

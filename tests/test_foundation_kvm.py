@@ -187,3 +187,27 @@ def test_closed_machine_gives_its_ram_back_and_ignores_late_kicks(guest_elf):
     machine.vcpu.kick()
     machine.vcpu.stop()
     machine.close()
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["python", "switcher"])
+def test_the_early_console_s_configuration_writes(guest_elf, fast):
+    """Linux 4.x's early console, one character per four configuration
+    writes: the same characters come out both ways, and with the trap fast
+    path the Switcher keeps the latch and the window's fields itself, so
+    only the write of each character (and the read-back) exits."""
+    import io
+    from launcher.virtio.console import Console
+    from launcher.virtio.pci_bus import PciBus
+    n = 40
+    h = Harness(guest_elf, "pci_console", n, fast_traps=fast)
+    out = io.BytesIO()
+    bus = PciBus([Console(out)], 16 << 20, use_ioeventfd=False)
+    bus.install(h.host)
+    try:
+        outcome = h.run()
+    finally:
+        bus.shutdown()
+    assert outcome.kind == "poweroff", outcome.message
+    assert out.getvalue() == bytes(0x41 + i % 16 for i in range(n))
+    assert h.done[:2] == (60 + 8, n)                 # the offset the Switcher kept
+    assert h.host.trap_counts[13] == (n + 1 if fast else 8 * n + 2)

@@ -140,3 +140,51 @@ def test_block_end_to_end(bus):
         time.sleep(0.01)
     assert used == [(0, 1)]
     assert bus.devices[1].path and open(bus.devices[1].path, "rb").read()[512:1024] == b"x" * 512
+
+
+def test_the_switcher_keeps_the_latch_and_the_window_fields(bus):
+    """With the trap fast path the Switcher keeps writes to 0xCF8 and to the
+    PCI_CFG window's three fields in the register page (native/switcher.S,
+    FastPath.keep_config_writes): the bus reads them back from there."""
+    fast = bus.host.fast
+    latch = 0x80000000 | 1 << 11                          # slot 1: the console
+    n = fast.words[fast.index["SW_PCI_N"]]
+    table = [fast.words[fast.index["SW_PCI_TABLE"] + i] for i in range(n)]
+    assert table[:3] == [latch | 0x88, latch | 0x8C, latch | 0x90]
+    assert n == 9                                          # three functions, three each
+    # What the Switcher does for the early console: latch, bar, length, offset...
+    fast.pci_latch = latch | 0x94
+    fast.set_kept(0, 0)                    # bar 0 (and the padding the guest wrote)
+    fast.set_kept(2, 4)                    # length
+    fast.set_kept(1, 60 + 8)               # offset: the emergency write
+    bus.port_out(0xCFC, 4, ord("Z"))       # ...and the data write exits to Python
+    assert bus.out.getvalue() == b"Z"
+    bus.port_out(0xCF8, 4, latch | 0x8C)   # Python's own writes land there too
+    assert fast.pci_latch == latch | 0x8C and bus.port_in(0xCFC, 4) == 68
+    bus.port_out(0xCFC, 4, 0x40)
+    assert fast.kept(1) == 0x40
+
+
+def test_without_the_fast_path_every_configuration_cycle_exits(tmp_path):
+    host = Host(FakeMachine(MEM), fast_traps=False)
+    b = PciBus([Console(io.BytesIO())], MEM)
+    b.install(host)
+    try:
+        assert host.fast.words[host.fast.index["SW_PCI_N"]] == 0
+    finally:
+        b.shutdown()
+
+
+def test_kept_fields_are_checked_like_any_the_guest_writes(bus):
+    """The guest can write the register page's copies directly: what they
+    say is checked when the window is used, as a configuration write's is."""
+    fast = bus.host.fast
+    fast.pci_latch = 0x80000000 | 1 << 11 | 0x94
+    fast.set_kept(0, 5)                    # bar 5: there is none
+    fast.set_kept(2, 4)
+    fast.set_kept(1, 68)
+    assert bus.port_out(0xCFC, 4, ord("Z")) is False     # refused: the guest's #GP
+    fast.set_kept(0, 0)
+    fast.set_kept(1, 0xFFFFFFF0)           # past BAR0's registers
+    assert bus.port_out(0xCFC, 4, ord("Z")) is False
+    assert bus.out.getvalue() == b""

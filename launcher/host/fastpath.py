@@ -38,7 +38,8 @@ class FastPath:
     FIELDS = ("SW_FAST_ON", "SW_FAST_HANDLER", "SW_FAST_IGATE", "SW_FAST_SS1",
               "SW_FAST_ESP1", "SW_FAST_CR2_AT", "SW_FAST_IRQ_AT", "SW_FAST_SYS_HANDLER",
               "SW_IO_ON", "SW_CPUID_N", "SW_IO_CLAIMED", "SW_HCALL_ON", "SW_PTE_MODE",
-              "SW_PTE_LIMIT", "SW_KERNEL_ADDR", "SW_PT_CR3", "SW_BLOCKED_AT", "SW_HSTATUS_AT")
+              "SW_PTE_LIMIT", "SW_KERNEL_ADDR", "SW_PT_CR3", "SW_BLOCKED_AT", "SW_HSTATUS_AT",
+              "SW_PCI_N", "SW_PCI_TABLE")
 
     def __init__(self, host: "Host", enabled: bool = True) -> None:
         self.host = host
@@ -55,6 +56,9 @@ class FastPath:
         self.i_ptes = (image.SW_FAST_PTES - regpage) // 4
         self.i_host_pending = (image.SW_HOST_PENDING - regpage) // 4
         self.i_hcall_next = (image.SW_HCALL_NEXT - regpage) // 4
+        self.i_pci_latch = (image.SW_PCI_LATCH - regpage) // 4
+        self.i_pci_kept = (image.SW_PCI_SHADOW - regpage) // 4
+        self._set("SW_PCI_N", 0)
         self._set("SW_HCALL_ON", 0)
         self._set("SW_PTE_MODE", 0)
         self.window: int | None = None                   # lguest_data's address in it
@@ -111,6 +115,34 @@ class FastPath:
         self._set("SW_CPUID_N", getattr(self.host.machine, "cpuid_in_switcher", 0)
                   if self.enabled else 0)
         self._set("SW_IO_ON", int(self.enabled))
+
+    def keep_config_writes(self, latches: list[int]) -> None:
+        """G3 (virtio/pci_bus.py): configuration dwords that are plain
+        storage, named by their 0xCF8 latch value. With the trap fast path
+        on, the Switcher keeps writes to them, and to the latch, in the
+        register page (``pci_latch``, ``kept``); the rest still exit."""
+        latches = latches[:self.host.image.SW_PCI_MAX] if self.enabled else []
+        at = self.index["SW_PCI_TABLE"]
+        for i, latch in enumerate(latches):
+            self.words[at + i] = latch
+        self._set("SW_PCI_N", len(latches))
+
+    @property
+    def pci_latch(self) -> int:
+        """The guest's CONFIG_ADDRESS, wherever it was written."""
+        return self.host.requests.words[self.i_pci_latch]
+
+    @pci_latch.setter
+    def pci_latch(self, value: int) -> None:
+        self.host.requests.words[self.i_pci_latch] = value & 0xFFFFFFFF
+
+    def kept(self, i: int) -> int:
+        """The kept dword of entry ``i`` (the guest can write the register
+        page: a value, like any the guest writes to that dword)."""
+        return self.host.requests.words[self.i_pci_kept + i]
+
+    def set_kept(self, i: int, value: int) -> None:
+        self.host.requests.words[self.i_pci_kept + i] = value & 0xFFFFFFFF
 
     @property
     def syscalls(self) -> int:

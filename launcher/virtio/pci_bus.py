@@ -4,7 +4,12 @@ Two kinds of guest access reach it:
 
 - **Port I/O** to 0xCF8-0xCFF (type-1 configuration cycles). At ring 1 an
   `in`/`out` faults; the Host's #GP emulation (host/core.py, emulate_io)
-  decodes it and calls ``port_in``/``port_out`` here.
+  decodes it and calls ``port_in``/``port_out`` here. With the trap fast
+  path the Switcher keeps some writes itself and never exits for them:
+  the address written to 0xCF8, and writes to the PCI_CFG window's bar,
+  offset and length (Linux 4.x's early console sets all three for each
+  character it prints). Both live in the register page (``address``, the
+  kept dwords): the bus reads them back before any access it handles.
 - **MMIO** to a BAR0 window. The windows sit above RAM, where KVM has no
   memory slot, so a guest load or store there is a KVM_EXIT_MMIO that KVM
   has already decoded (address, width, data): no instruction decoder in
@@ -28,7 +33,8 @@ from ..errors import GuestFault
 from ..kvm import KvmError
 from ..memory import GuestMemory
 from .device import Device
-from .pci_config import DEVICE_CFG_OFFSET, NOTIFY_OFFSET, ConfigSpace, bar_size
+from .pci_config import (DEVICE_CFG_OFFSET, NOTIFY_OFFSET, PCI_CFG_BAR, PCI_CFG_LENGTH,
+                         PCI_CFG_OFFSET, ConfigSpace, bar_size)
 from .pci_function import VirtioPciFunction
 
 PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA = 0xCF8, 0xCFC
@@ -43,6 +49,10 @@ PIT_CHANNEL2_PORT = 0x42
 CLAIMED_PORTS = [(PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA + 3), (KBD_STATUS_PORT, KBD_STATUS_PORT),
                  (PIT_CHANNEL2_PORT, PIT_CHANNEL2_PORT)]
 MAX_SLOTS = 32
+# The PCI_CFG window's fields: plain storage, so the Switcher may keep the
+# guest's writes to them (Linux 4.x's early console sets all three for
+# every character it prints); the data register behind them always exits.
+KEPT_DWORDS = (PCI_CFG_BAR, PCI_CFG_OFFSET, PCI_CFG_LENGTH)
 BAR_GAP = 1 << 20                        # BARs start 1 MiB above the end of RAM
 
 
@@ -55,7 +65,6 @@ class PciBus:
         self.devices = ordered
         self.mem = mem
         self.use_ioeventfd = use_ioeventfd
-        self.address = 0                  # the CONFIG_ADDRESS latch
         self.bridge = ConfigSpace.host_bridge()
         self.functions: list[VirtioPciFunction] = []
         self.bars: list[tuple[int, int]] = []   # (address, size) in slot order
@@ -82,11 +91,40 @@ class PciBus:
             self.functions.append(fn)
         host.port_in, host.port_out = self.port_in, self.port_out
         host.fast.claim_ports(CLAIMED_PORTS)   # the others the Switcher may answer
+        self.fast = host.fast
+        self.address = 0
+        # Console first (slot 1): it is the one whose window the guest uses early.
+        self.kept = [(fn.config, reg) for fn in self.functions for reg in KEPT_DWORDS]
+        self.kept = self.kept[:host.image.SW_PCI_MAX]
+        self.put_back()
+        host.fast.keep_config_writes([PCI_CONFIG_ENABLE | fn.slot << 11 | reg
+                                      for fn in self.functions for reg in KEPT_DWORDS])
         host.on_mmio, host.mmio_kind = self.mmio, self.kind_of
         host.device_limit = self.limit         # PTEs may map the BARs
 
     # -- configuration cycles (ports) ----------------------------------------------
+    @property
+    def address(self) -> int:
+        """The CONFIG_ADDRESS latch. It lives in the register page, where
+        the Switcher writes it too (FastPath.keep_config_writes)."""
+        return self.fast.pci_latch
+
+    @address.setter
+    def address(self, value: int) -> None:
+        self.fast.pci_latch = value
+
+    def take_back(self) -> None:
+        """The kept dwords as the Switcher left them, into the functions'
+        config spaces, before Python looks at any."""
+        for i, (config, reg) in enumerate(self.kept):
+            config.data[reg:reg + 4] = self.fast.kept(i).to_bytes(4, "little")
+
+    def put_back(self) -> None:
+        for i, (config, reg) in enumerate(self.kept):
+            self.fast.set_kept(i, int.from_bytes(config.data[reg:reg + 4], "little"))
+
     def port_in(self, port: int, size: int) -> int:
+        self.take_back()
         mask = (1 << (8 * size)) - 1
         if PCI_CONFIG_ADDRESS <= port < PCI_CONFIG_ADDRESS + 4:
             return (self.address >> (8 * (port - PCI_CONFIG_ADDRESS))) & mask
@@ -104,6 +142,12 @@ class PciBus:
 
     def port_out(self, port: int, size: int, value: int) -> bool:
         """False when the guest may not write there (a #GP for it)."""
+        self.take_back()
+        done = self._port_out(port, size, value)
+        self.put_back()
+        return done
+
+    def _port_out(self, port: int, size: int, value: int) -> bool:
         if PCI_CONFIG_ADDRESS <= port < PCI_CONFIG_ADDRESS + 4:
             shift = 8 * (port - PCI_CONFIG_ADDRESS)
             mask = ((1 << (8 * size)) - 1) << shift & 0xFFFFFFFF

@@ -89,6 +89,52 @@ in_dx_insn:
         int $0x1f
         jmp fail
 
+/* ebp characters out through the console's PCI_CFG window, as Linux 4.x's
+   early console prints them: per character three configuration writes set
+   the window (bar, length, offset: the emergency-write register) and a
+   fourth writes the character; each is an outl of the address to 0xCF8
+   and an out to the data port. Then the window's offset is read back. */
+        .set CFG_SLOT1, 0x80000000 | (1 << 11)   /* bus 0, slot 1 (the console) */
+        .set EMERG_WR, 60 + 8                    /* BAR0: device config + 8 */
+        .macro CFG_ADDR reg
+        movl $(CFG_SLOT1 | \reg), %eax
+        movw $0xcf8, %dx
+        outl %eax, %dx
+        .endm
+        .globl pci_console
+pci_console:
+        START
+        xorl %edi, %edi
+1:      CFG_ADDR 0x88                   /* bar: one byte */
+        xorl %eax, %eax
+        movw $0xcfc, %dx
+        outb %al, %dx
+        CFG_ADDR 0x90                   /* length */
+        movl $4, %eax
+        movw $0xcfc, %dx
+        outl %eax, %dx
+        CFG_ADDR 0x8c                   /* offset */
+        movl $EMERG_WR, %eax
+        movw $0xcfc, %dx
+        outl %eax, %dx
+        CFG_ADDR 0x94                   /* the data: the character goes out */
+        movl %edi, %eax
+        andl $15, %eax
+        addl $0x41, %eax
+        movw $0xcfc, %dx
+        outl %eax, %dx
+        incl %edi
+        cmpl %ebp, %edi
+        jne 1b
+        CFG_ADDR 0x8c
+        movw $0xcfc, %dx
+        inl (%dx), %eax
+        movl %eax, %ebx
+        movl %edi, %ecx
+        movl $TEST_DONE, %eax
+        int $0x1f
+        jmp fail
+
         .globl do_pf, pf_insn
 do_pf:
         START
