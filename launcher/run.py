@@ -115,15 +115,15 @@ class Session:
         # (02:00:id:id:00:00): one per launcher, so guests on one bridge differ.
         self.guestid = os.getpid() & 0xFFFF
         self.devices = config.devices(self.console_interrupt)
+        self.kvm: Kvm | None = None
+        self.attached = False            # the devices' host sides (open_kvm)
+        self.recorder: ExitRecorder | None = None
         if self.generation.bus == "dma":
             try:
                 dma.check_devices(self.devices)
             except UserError:
                 self.close()
                 raise
-        self.kvm: Kvm | None = None
-        self.attached = False            # the devices' host sides (open_kvm)
-        self.recorder: ExitRecorder | None = None
         if config.trace:
             # Say now if the file cannot be written, but create it only
             # where the guest runs (open_kvm): a launcher that hands the run

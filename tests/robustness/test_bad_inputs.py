@@ -106,6 +106,18 @@ def test_bad_kernels(tmp_path, capsys, make, words):
         assert w in err, err
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--rng"], ["Linux 2.6.23", "no driver for the rng"]),
+    (["--net", "user,mac=52:54:00:12:34:56"], ["Linux 2.6.23", "drop mac="]),
+])
+def test_devices_linux_2_6_23_cannot_have(tmp_path, capsys, args, words):
+    k = tmp_path / "kernel"
+    k.write_bytes(bzimage(kver="2.6.23 (test)"))
+    err = one_sentence(["--mem", "16M", *args, str(k)], capsys)
+    for w in words:
+        assert w in err, err
+
+
 def test_unreadable_kernel(open_dir, capsys):
     k = open_dir / "bzImage"
     k.write_bytes(open(LGK, "rb").read())
