@@ -118,12 +118,15 @@ class Session:
         self.kvm: Kvm | None = None
         self.attached = False            # the devices' host sides (open_kvm)
         self.recorder: ExitRecorder | None = None
-        if self.generation.bus == "dma":
-            try:
+        try:
+            if config.pae and not self.generation.may_be_pae:
+                raise UserError(f"--pae: Linux {self.generation.releases} has no PAE guests "
+                                "(lguest's PAE support came with 2.6.31)")
+            if self.generation.bus == "dma":
                 dma.check_devices(self.devices)
-            except UserError:
-                self.close()
-                raise
+        except UserError:
+            self.close()
+            raise
         if config.trace:
             # Say now if the file cannot be written, but create it only
             # where the guest runs (open_kvm): a launcher that hands the run

@@ -109,6 +109,7 @@ def test_bad_kernels(tmp_path, capsys, make, words):
 @pytest.mark.parametrize("args,words", [
     (["--rng"], ["Linux 2.6.23", "no driver for the rng"]),
     (["--net", "user,mac=52:54:00:12:34:56"], ["Linux 2.6.23", "drop mac="]),
+    (["--pae"], ["--pae", "Linux 2.6.23 has no PAE guests"]),
 ])
 def test_devices_linux_2_6_23_cannot_have(tmp_path, capsys, args, words):
     k = tmp_path / "kernel"
