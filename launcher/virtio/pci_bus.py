@@ -94,11 +94,12 @@ class PciBus:
         self.fast = host.fast
         self.address = 0
         # Console first (slot 1): it is the one whose window the guest uses early.
-        self.kept = [(fn.config, reg) for fn in self.functions for reg in KEPT_DWORDS]
-        self.kept = self.kept[:host.image.SW_PCI_MAX]
+        kept = [(fn, reg) for fn in self.functions for reg in KEPT_DWORDS]
+        kept = kept[:host.image.SW_PCI_MAX]
+        self.kept = [(fn.config, reg) for fn, reg in kept]
         self.put_back()
         host.fast.keep_config_writes([PCI_CONFIG_ENABLE | fn.slot << 11 | reg
-                                      for fn in self.functions for reg in KEPT_DWORDS])
+                                      for fn, reg in kept])
         host.on_mmio, host.mmio_kind = self.mmio, self.kind_of
         host.device_limit = self.limit         # PTEs may map the BARs
 
