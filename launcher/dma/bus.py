@@ -76,8 +76,7 @@ class DmaBus:
             at = next_page if port.pages else 0
             DESC.pack_into(page, i * DESC.size, port.type, port.features, 0, port.pages,
                            at // PAGE)
-            for key, sender in port.install(self, at).items():
-                self.senders[key] = sender
+            self.senders.update(port.install(self, at))
             next_page += port.pages * PAGE
         self.memory.write(mem, bytes(page), "device page")
         host.on_bind_dma = self.bind
