@@ -27,7 +27,7 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import UserError
-from ..virtio.block import Block
+from ..virtio.block import SECTOR, Block
 from ..virtio.console import Console
 from ..virtio.device import Device
 from ..virtio.net import LEGACY_HDR_LEN, Net
@@ -135,7 +135,7 @@ class BlockPort(DmaPort):
     def install(self, bus: "DmaBus", page: int) -> dict[int, Sender]:
         super().install(bus, page)
         self.page = page
-        sectors = min(self.block.size // 512, 0xFFFFFFFF)
+        sectors = min(self.block.size // SECTOR, 0xFFFFFFFF)
         bus.memory.write(page, BLOCK_PAGE.pack(0, 0, 0, 0, sectors), "block page")
         return {page: self.request}
 
