@@ -130,6 +130,11 @@ class RequestArea:
         self.pending |= self.ARM_TIMER
         self.words[self.i_tmict] = ns & 0xFFFFFFFF
 
+    def arm_timer_before(self, ns: int) -> None:
+        """arm_timer(ns), unless this resume already arms it sooner."""
+        if not (self.pending & self.ARM_TIMER and 0 < self.words[self.i_tmict] <= ns):
+            self.arm_timer(ns)
+
     def stamp(self) -> None:
         """Take the TSC now as the base of the Switcher's wall clock."""
         self.pending |= self.STAMP

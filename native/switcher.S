@@ -671,19 +671,33 @@ fast_hypercall:
         movl SW_BLOCKED_AT, %edi
         movl (%edi), %ecx
         notl %ecx                       /* ecx: the unmasked IRQs */
-        testl SW_HOST_PENDING, %ecx
-        jnz exit_to_host
         movl SW_REGS + 0, %eax          /* the call number */
+        testl SW_HOST_PENDING, %ecx
+        jnz 2f
         testl SW_CLK_PENDING, %ecx
         jz 1f
         /* IRQ 0 held back (the clock fired with interrupts off): HALT is
            "sti; hlt", so it is delivered now, as Python would at this
-           exit; any other call leaves it to Python. */
+           exit. */
         cmpl $LHCALL_HALT, %eax
-        jne exit_to_host
+        jne 3f
         incl SW_FAST_HALTS
         movl $1, SW_HALTED
         jmp fast_tick
+2:      cmpl $LHCALL_HALT, %eax         /* Python's IRQ: HALT takes it there */
+        je exit_to_host
+        /* An IRQ the guest cannot take yet: its interrupts are off and it
+           has been asked for SEND_INTERRUPTS (irq_pending). Python would
+           deliver nothing at this exit, so SET_CLOCKEVENT and SET_PTE may
+           go on; otherwise Python delivers. */
+3:      cmpl $0, SW_CLK_ON              /* SW_IRQPEND_AT is published */
+        je exit_to_host
+        movl SW_FAST_IRQ_AT, %edi
+        testl $EFLAGS_IF, (%edi)
+        jnz exit_to_host
+        movl SW_IRQPEND_AT, %edi
+        cmpl $0, (%edi)
+        je exit_to_host
 1:      cmpl $LHCALL_SET_PTE, %eax
         je fast_set_pte
         cmpl $0, SW_CLK_ON
@@ -726,7 +740,16 @@ fast_set_pte:
 
 fast_clockevent:
         movl SW_REGS + 4, %eax          /* ebx: nanoseconds from now; 0 stops it */
-        call apic_arm
+        testl SW_CLK_PENDING, %ecx      /* ecx: the unmasked IRQs */
+        jz 1f
+        /* IRQ 0 still waits for the guest: look again within 2 ms, as
+           ClockInVm.hand_back has Python do. */
+        testl %eax, %eax
+        jz 2f
+        cmpl $HELD_BACK_NS, %eax
+        jbe 1f
+2:      movl $HELD_BACK_NS, %eax
+1:      call apic_arm
         incl SW_FAST_CLOCKEVENTS
         jmp restore
 

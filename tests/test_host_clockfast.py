@@ -163,6 +163,41 @@ def test_a_held_back_irq_is_published_for_the_switcher(h):
     assert h.lguest_data.get("irq_pending") == 0x200
 
 
+def test_a_held_back_tick_goes_back_to_the_switcher(h):
+    """IRQ 0 that Python cannot deliver (interrupts off) is the Switcher's
+    again: it looks in 2 ms, with no kick and no exit from Python."""
+    interrupts_off(h)
+    h.interrupts.raise_irq(0)
+    hcall(h, H.LHCALL_FLUSH_ASYNC)
+    h.prepare_resume()
+    assert not h.interrupts.pending and not h.interrupts.held_back
+    assert state(h, "SW_CLK_PENDING") == 1
+    assert flags(h) & h.requests.ARM_TIMER
+    assert h.requests.words[h.requests.i_tmict] == 2_000_000
+    assert h.lguest_data.get("irq_pending") == 0x200    # the guest asks when it can
+
+
+def test_a_sooner_clock_event_is_kept_when_the_tick_goes_back(h):
+    interrupts_off(h)
+    h.interrupts.raise_irq(0)
+    hcall(h, H.LHCALL_SET_CLOCKEVENT, 500_000)
+    h.prepare_resume()
+    assert h.requests.words[h.requests.i_tmict] == 500_000
+
+
+@pytest.mark.parametrize("why", ["masked", "no gate"])
+def test_a_tick_python_must_wait_for_stays_with_python(h, why):
+    interrupts_off(h)
+    if why == "masked":
+        h.lguest_data.set("blocked_interrupts", 1)
+    else:
+        h.clock_vm._set("SW_TICK_HANDLER", 0)
+    h.interrupts.raise_irq(0)
+    hcall(h, H.LHCALL_FLUSH_ASYNC)
+    h.prepare_resume()
+    assert h.interrupts.pending == 1 and state(h, "SW_CLK_PENDING") == 0
+
+
 def test_the_async_ring_cursor_is_published(h):
     status = LDATA + h.layout.hcall_status
     args = LDATA + h.layout.hcalls

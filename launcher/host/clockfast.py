@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .timer import HELD_BACK_KICK_NS
 
 if TYPE_CHECKING:
     from .core import Host
@@ -111,6 +112,26 @@ class ClockInVm:
         if state[self.i_clk_pending]:
             state[self.i_clk_pending] = 0
             self.host.interrupts.merge(1)
+
+    def hand_back(self) -> None:
+        """After Python's delivery step: an IRQ 0 it could not deliver (the
+        guest's interrupts are off, or it is in its iret window) goes back
+        to the Switcher, which looks again when the APIC timer fires in
+        HELD_BACK_KICK_NS, as Python's kicks would, but without an exit each
+        time. Kept by Python: a masked IRQ 0 and one with no gate yet (they
+        wait for an exit that changes that), and anything a sooner
+        SET_CLOCKEVENT of this exit asks for."""
+        interrupts = self.host.interrupts
+        if not interrupts.pending & 1 or not self.params[self.p["SW_TICK_HANDLER"]]:
+            return
+        if self.host.lguest_data.get("blocked_interrupts") & 1:
+            return
+        with interrupts.cond:
+            interrupts.pending &= ~1
+            if not interrupts.pending:
+                interrupts.held_back = False
+        self.state[self.i_clk_pending] = 1
+        self.host.requests.arm_timer_before(HELD_BACK_KICK_NS)
 
     def halt_if_idle(self) -> None:
         """After Python's delivery step: a HALT with nothing to deliver goes

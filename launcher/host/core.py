@@ -258,6 +258,7 @@ class Host:
         if clock.on:
             clock.take()
             self.deliver_interrupts()
+            clock.hand_back()
             clock.halt_if_idle()
         else:
             self.deliver_interrupts()
