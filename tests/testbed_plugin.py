@@ -3,6 +3,8 @@
 Markers:
   kvm      the test needs a KVM that can run 32-bit paged guests
   testbed  the test exercises the testbed itself (boots QEMU; slow)
+  once     the launcher under load or over time, not a Host path: CI runs
+           it in its first pass only, not again with the fast paths off
 
 Where kvm tests run, decided once per session:
   LGUEST_TESTBED=1     inside the testbed (launcher/testbed.py)
@@ -261,6 +263,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "(runs inside the testbed VM when the host's KVM cannot)")
     config.addinivalue_line(
         "markers", "testbed: tests of the testbed itself (boot QEMU; slow)")
+    config.addinivalue_line(
+        "markers", "once: load and soak; CI's reference pass (fast paths off) leaves it out")
 
 
 @pytest.hookimpl(tryfirst=True)

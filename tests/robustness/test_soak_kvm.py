@@ -13,7 +13,7 @@ import pytest
 
 from support import ROOT, launcher_env
 
-pytestmark = pytest.mark.kvm
+pytestmark = [pytest.mark.kvm, pytest.mark.once]
 
 MINUTES = float(os.environ.get("LGUEST_SOAK_MINUTES", "1"))
 
