@@ -433,8 +433,13 @@ static void test_interrupts(void)
 	tick_stop();                       /* these tests own the clock event */
 
 	/* Off: the Host holds the IRQ back and says so in irq_pending. On
-	   again: SEND_INTERRUPTS, and it arrives. */
+	   again: SEND_INTERRUPTS, and it arrives. Every other IRQ is masked
+	   meanwhile: a device's interrupt (the console's, for the lines
+	   above) would also set irq_pending, and be delivered first if it
+	   came before the tick. */
 	u32 c = timer_irqs, before = (u32)lguest_data.irq_pending;
+	u32 mask = lguest_data.blocked_interrupts[0];
+	lguest_data.blocked_interrupts[0] = ~1u;
 	irq_disable();
 	clockevent_set(200000);
 	int seen = spin_until_equals((volatile u32 *)&lguest_data.irq_pending, X86_EFLAGS_IF, 2000);
@@ -445,6 +450,7 @@ static void test_interrupts(void)
 	      hcall_counts[LHCALL_SEND_INTERRUPTS] > sends,
 	      "pending %x (was %x, seen %d), held back %u, delivered after enable %u, sends %u",
 	      pending, before, seen, held, timer_irqs - c, hcall_counts[LHCALL_SEND_INTERRUPTS] - sends);
+	lguest_data.blocked_interrupts[0] = mask;
 
 	/* Masked in blocked_interrupts: not even pending. */
 	c = timer_irqs;
