@@ -120,6 +120,11 @@ class Generation:
         return self.arg_registers[:3] == (EBX, ECX, EDX) and (
             len(self.arg_registers) == 4 or not self.may_be_pae)
 
+    def call_number(self, duty: str) -> int | None:
+        """The number this generation gives a duty ("SEND_INTERRUPTS"), or
+        None when it has no such call."""
+        return next((n for n, d in self.calls.items() if d == duty), None)
+
     def describe(self) -> str:
         how = {"pci": "virtio 1.0 devices on an emulated PCI bus",
                "dma": "DMA devices on the first lguest bus"}.get(self.bus,

@@ -164,13 +164,15 @@
         .set SW_KERNEL_ADDR,    SW_FAST + 0x94
         .set SW_PT_CR3,         SW_FAST + 0x98   /* the table Python last loaded */
         .set SW_FAST_PTES,      SW_REGPAGE + 0xF0
-        .set SW_FAST_END,       SW_FAST + 0xE4
+        .set SW_SENDINT_CALL,   SW_FAST + 0xE4   /* the generation's SEND_INTERRUPTS; 0: none */
+        .set SW_FAST_END,       SW_FAST + 0xE8
         .set LHCALL_SET_PTE,    14
         .set PTE_P,             0x1
         .set PTE_PS,            0x80
 /* Ours and Python's, in the register page: */
         .globl SW_CLK_PENDING, SW_HOST_PENDING, SW_HCALL_NEXT, SW_REQ_TMICT, SW_TSC_BASE
         .globl SW_HALTED, SW_FAST_CLOCKEVENTS, SW_FAST_HALTS, SW_FAST_TICKS
+        .globl SW_SENDINT_CALL, SW_FAST_SENDS
         .globl SW_TIMER_VECTOR, SW_SPURIOUS_VECTOR
         .set SW_CLK_PENDING,    SW_REGPAGE + 0xC0   /* IRQ 0 raised, not delivered: Python takes it */
         .set SW_HOST_PENDING,   SW_REGPAGE + 0xC4   /* Python's pending IRQs at the last resume */
@@ -183,6 +185,7 @@
         .set SW_FAST_TICKS,     SW_REGPAGE + 0xE4
         .globl SW_IRQPEND_SINK
         .set SW_IRQPEND_SINK,   SW_REGPAGE + 0xF4   /* SW_IRQPEND_AT for a guest with no irq_pending */
+        .set SW_FAST_SENDS,     SW_REGPAGE + 0xF8   /* SEND_INTERRUPTS that delivered IRQ 0 */
         .set SW_TIMER_VECTOR,   0xEF
         .set SW_SPURIOUS_VECTOR, 0xFF
         .set MSR_X2APIC_EOI,    0x80B
@@ -678,11 +681,19 @@ fast_hypercall:
         jz 1f
         /* IRQ 0 held back (the clock fired with interrupts off): HALT is
            "sti; hlt", so it is delivered now, as Python would at this
-           exit. */
+           exit; so is SEND_INTERRUPTS, the guest asking for it (Python's
+           handler does nothing but deliver). fast_tick checks the rest. */
         cmpl $LHCALL_HALT, %eax
-        jne 3f
+        jne 4f
         incl SW_FAST_HALTS
         movl $1, SW_HALTED
+        jmp fast_tick
+4:      movl SW_SENDINT_CALL, %edx
+        testl %edx, %edx
+        jz 3f                           /* this generation has no such call */
+        cmpl %edx, %eax
+        jne 3f
+        incl SW_FAST_SENDS
         jmp fast_tick
 2:      cmpl $LHCALL_HALT, %eax         /* Python's IRQ: HALT takes it there */
         je exit_to_host

@@ -265,3 +265,10 @@ def test_a_kvm_that_keeps_vmcall_refuses_the_releases_that_need_it(gen, refused)
             session.pass_vmcall_on(IntelMachine(), "2.6.32 (test)")
     else:
         session.pass_vmcall_on(IntelMachine(), "2.6.39.3 (test)")
+
+
+def test_call_numbers_by_duty():
+    from launcher.generations import G1_2_6_25, GEN_G2
+    assert GEN_G2.call_number("SEND_INTERRUPTS") == 19
+    assert G1_2_6_25.call_number("SEND_INTERRUPTS") is None      # 2.6.31 brought it
+    assert G1_2_6_25.call_number("HALT") == 10

@@ -83,6 +83,12 @@ def test_init_publishes_where_lguest_data_is(h):
     assert param(h, "SW_TSC_MULT") == 1 << 24
 
 
+def test_send_interrupts_is_published_by_its_number(h):
+    """The Switcher delivers a held-back IRQ 0 at SEND_INTERRUPTS: the
+    call's number as the guest's generation has it."""
+    assert param(h, "SW_SENDINT_CALL") == h.generation.call_number("SEND_INTERRUPTS") == 19
+
+
 def test_the_wall_clock_base_and_its_stamp(h):
     before = time.time_ns()
     h.set_wallclock(h.lguest_data)

@@ -11,7 +11,9 @@ all three itself:
 - the timer's interrupt (SW_TIMER_VECTOR) is delivered as IRQ 0, the same
   frame and the same checks as ``Interrupts.deliver``, including the
   wall clock it writes into ``lguest_data.time``;
-- HALT is a real `hlt`, so KVM parks the vCPU until the next interrupt.
+- HALT is a real `hlt`, so KVM parks the vCPU until the next interrupt;
+- SEND_INTERRUPTS, when the IRQ it asks for is the held-back IRQ 0,
+  delivers it without an exit.
 
 Python owns the policy: this module publishes what the Switcher may act on
 (the guest's gate 32, where lguest_data's fields are, the iret window, the
@@ -43,9 +45,9 @@ NO_IRET = 0xFFFFFFFF             # SW_NOIRQ_IRET when the guest has none
 class ClockInVm:
     PARAMS = ("SW_CLK_ON", "SW_TICK_HANDLER", "SW_TICK_IGATE", "SW_IRQPEND_AT",
               "SW_NOIRQ_START", "SW_NOIRQ_END", "SW_NOIRQ_IRET", "SW_TIME_AT",
-              "SW_TSC_MULT", "SW_NS_BASE")
+              "SW_TSC_MULT", "SW_NS_BASE", "SW_SENDINT_CALL")
     STATE = ("SW_CLK_PENDING", "SW_HALTED", "SW_FAST_CLOCKEVENTS", "SW_FAST_HALTS",
-             "SW_FAST_TICKS")
+             "SW_FAST_TICKS", "SW_FAST_SENDS")
 
     def __init__(self, host: "Host") -> None:
         self.host = host
@@ -84,6 +86,9 @@ class ClockInVm:
         self._set("SW_NOIRQ_IRET", host.noirq_iret if host.noirq_iret >= 0 else NO_IRET)
         khz = host.machine.tsc_khz
         self._set("SW_TSC_MULT", (1_000_000 << TSC_MULT_SHIFT) // khz if khz else 0)
+        # SEND_INTERRUPTS with IRQ 0 held in the VM delivers it there; the
+        # call's number is the generation's (2.6.31 on; 0: it has none).
+        self._set("SW_SENDINT_CALL", host.generation.call_number("SEND_INTERRUPTS") or 0)
         self.update_tick_gate()
         self._set("SW_CLK_ON", 1)
 
@@ -151,4 +156,5 @@ class ClockInVm:
         s = self.state
         return {"SET_CLOCKEVENT": s[self.s["SW_FAST_CLOCKEVENTS"]],
                 "HALT": s[self.s["SW_FAST_HALTS"]],
+                "SEND_INTERRUPTS": s[self.s["SW_FAST_SENDS"]],
                 "clock interrupts delivered": s[self.s["SW_FAST_TICKS"]]}
