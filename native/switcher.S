@@ -119,6 +119,23 @@
         .set SW_PCI_MAX,        16
         .set SW_PCI_LATCH,      SW_REGPAGE + 0x100  /* what the guest last wrote to 0xCF8 */
         .set SW_PCI_SHADOW,     SW_REGPAGE + 0x104  /* u32 per entry, in the table's order */
+/*
+ * And the console's emergency write, the early console's one exit per
+ * character: a dword written to the console's PCI_CFG data (latch
+ * SW_EMERG_LATCH) while its window (table entries 0-2: bar, offset,
+ * length) says bar 0, emerg_wr (SW_EMERG_OFFSET), 4 bytes, is a byte for
+ * the console. We gather a line of them in the register page; a newline,
+ * or a full buffer, exits as before; Python writes out what we gathered
+ * at every exit, before it handles the exit (host/fastpath.py), and so
+ * that bytes without a newline never wait on an idle guest, HALT exits
+ * while any are gathered (fast_hypercall).
+ */
+        .globl SW_EMERG_LATCH, SW_EMERG_OFFSET, SW_EMERG_N, SW_EMERG_BUF, SW_EMERG_MAX
+        .set SW_EMERG_LATCH,    SW_FAST + 0xE8   /* 0: every such write exits */
+        .set SW_EMERG_OFFSET,   SW_FAST + 0xEC   /* emerg_wr's offset in BAR 0 */
+        .set SW_EMERG_N,        SW_REGPAGE + 0x144  /* bytes in SW_EMERG_BUF */
+        .set SW_EMERG_BUF,      SW_REGPAGE + 0x180
+        .set SW_EMERG_MAX,      128
 /* The same for system calls through an interrupt gate (Linux 4.x's int $0x80). */
         .globl SW_FAST_SYS_HANDLER, SW_FAST_SYSCALLS
         .set SW_FAST_SYS_HANDLER, SW_FAST + 0x50  /* 0: every system call exits */
@@ -164,8 +181,13 @@
         .set SW_KERNEL_ADDR,    SW_FAST + 0x94
         .set SW_PT_CR3,         SW_FAST + 0x98   /* the table Python last loaded */
         .set SW_FAST_PTES,      SW_REGPAGE + 0xF0
+/* FLUSH_ASYNC with the ring empty (fast_hypercall checked) is nothing to do. */
+        .globl SW_FLUSH_ON, SW_FAST_FLUSHES
+        .set SW_FLUSH_ON,       SW_FAST + 0xF0   /* 0: FLUSH_ASYNC exits (--no-fast-traps) */
+        .set SW_FAST_FLUSHES,   SW_REGPAGE + 0xFC
+        .set LHCALL_FLUSH_ASYNC, 0
         .set SW_SENDINT_CALL,   SW_FAST + 0xE4   /* the generation's SEND_INTERRUPTS; 0: none */
-        .set SW_FAST_END,       SW_FAST + 0xE8
+        .set SW_FAST_END,       SW_FAST + 0xF4
         .set LHCALL_SET_PTE,    14
         .set PTE_P,             0x1
         .set PTE_PS,            0x80
@@ -534,6 +556,8 @@ fast_gp:
         testl %ebx, %ebx
         jns exit_to_host                /* no enable bit: Python */
         andl $0xFFFFFFFC, %ebx
+        cmpl SW_EMERG_LATCH, %ebx
+        je 16f
         movl SW_PCI_N, %esi
         cmpl $SW_PCI_MAX, %esi
         ja exit_to_host
@@ -560,6 +584,25 @@ fast_gp:
         andl SW_PCI_SHADOW(,%eax,4), %ebx
         orl %edx, %ebx
         movl %ebx, SW_PCI_SHADOW(,%eax,4)
+        jmp 6f
+16:     cmpl $4, %edi                   /* the emergency write: a whole dword */
+        jne exit_to_host
+        testb $0xFF, SW_PCI_SHADOW      /* the window: bar 0 */
+        jnz exit_to_host
+        movl SW_EMERG_OFFSET, %ebx
+        cmpl %ebx, SW_PCI_SHADOW + 4    /* at emerg_wr */
+        jne exit_to_host
+        cmpl $4, SW_PCI_SHADOW + 8      /* 4 bytes long */
+        jne exit_to_host
+        movzbl SW_REGS + 0, %eax        /* the byte */
+        cmpl $0x0A, %eax
+        je exit_to_host                 /* a line's end: Python writes the line */
+        movl SW_EMERG_N, %ecx
+        cmpl $SW_EMERG_MAX, %ecx
+        jae exit_to_host                /* (unsigned) full: Python empties it */
+        movb %al, SW_EMERG_BUF(%ecx)
+        incl %ecx
+        movl %ecx, SW_EMERG_N
         jmp 6f
 11:     movl $SW_IO_CLAIMED, %ebx       /* a port a device claims: Python */
         movl $SW_IO_RANGES, %ecx
@@ -666,6 +709,11 @@ apic_dispatch:
 fast_hypercall:
         cmpl $0, SW_HCALL_ON
         je exit_to_host
+        cmpl $0, SW_EMERG_N             /* console bytes gathered: HALT (an */
+        je 0f                           /* idle guest's every next move) */
+        cmpl $LHCALL_HALT, SW_REGS + 0  /* exits, so Python writes them out */
+        je exit_to_host
+0:
         movl SW_HCALL_NEXT, %ecx
         andl $LHCALL_RING_SIZE - 1, %ecx
         addl SW_HSTATUS_AT, %ecx
@@ -711,6 +759,12 @@ fast_hypercall:
         je exit_to_host
 1:      cmpl $LHCALL_SET_PTE, %eax
         je fast_set_pte
+        testl %eax, %eax                /* LHCALL_FLUSH_ASYNC */
+        jnz 5f
+        cmpl $0, SW_FLUSH_ON
+        jne fast_flush
+        jmp exit_to_host
+5:
         cmpl $0, SW_CLK_ON
         je exit_to_host
         cmpl $LHCALL_SET_CLOCKEVENT, %eax
@@ -747,6 +801,13 @@ fast_set_pte:
         jb 4f
 3:      invlpg (%edi)
 4:      incl SW_FAST_PTES
+        jmp restore
+
+/* FLUSH_ASYNC: the ring is empty and nothing waits (fast_hypercall), so
+   Python would drain nothing and deliver nothing: resume. Linux 4.x makes
+   one at the end of every context switch. */
+fast_flush:
+        incl SW_FAST_FLUSHES
         jmp restore
 
 fast_clockevent:

@@ -165,12 +165,43 @@ def test_the_switcher_keeps_the_latch_and_the_window_fields(bus):
     assert fast.kept(1) == 0x40
 
 
+def gather(fast, data: bytes) -> None:
+    """What the Switcher does with an emergency write it keeps."""
+    words = fast.host.requests.words
+    n = words[fast.i_emerg_n]
+    words.cast("B")[fast.emerg_at + n:fast.emerg_at + n + len(data)] = data
+    words[fast.i_emerg_n] = n + len(data)
+
+
+def test_the_switcher_gathers_the_early_console_a_line_at_a_time(bus):
+    """The console's data dword and emerg_wr's place are published; what the
+    Switcher gathered comes out whole, before anything written later, and
+    a count past the buffer (the register page is ring-0 state, yet) is cut
+    to the buffer."""
+    fast = bus.host.fast
+    assert fast.words[fast.index["SW_EMERG_LATCH"]] == 0x80000000 | 1 << 11 | 0x94
+    assert fast.words[fast.index["SW_EMERG_OFFSET"]] == 60 + 8
+    gather(fast, b"early con")
+    fast.flush_emergency()
+    fast.flush_emergency()                 # nothing twice
+    fast.set_kept(0, 0)                    # the window: bar 0, emerg_wr, 4 bytes
+    fast.set_kept(1, 60 + 8)
+    fast.set_kept(2, 4)
+    bus.port_out(0xCF8, 4, 0x80000000 | 1 << 11 | 0x94)
+    bus.port_out(0xCFC, 4, ord("\n"))      # the newline, which exits
+    assert bus.out.getvalue() == b"early con\n"
+    fast.host.requests.words[fast.i_emerg_n] = 0xFFFFFFFF
+    fast.flush_emergency()
+    assert len(bus.out.getvalue()) == len(b"early con\n") + fast.emerg_max
+
+
 def test_without_the_fast_path_every_configuration_cycle_exits(tmp_path):
     host = Host(FakeMachine(MEM), fast_traps=False)
     b = PciBus([Console(io.BytesIO())], MEM)
     b.install(host)
     try:
         assert host.fast.words[host.fast.index["SW_PCI_N"]] == 0
+        assert host.fast.words[host.fast.index["SW_EMERG_LATCH"]] == 0
     finally:
         b.shutdown()
 

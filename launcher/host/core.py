@@ -200,6 +200,7 @@ class Host:
         exit_io, mmio = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO
         signal, stopped = lib.SHIM_RUN_SIGNAL, lib.SHIM_RUN_STOPPED
         at_exit = True     # the vCPU sits right after the Switcher's `out`
+        words, i_emergency = self.requests.words, self.fast.i_emerg_n
         try:
             while self.outcome is None:
                 try:
@@ -208,6 +209,8 @@ class Host:
                     if at_exit:
                         self.prepare_resume()
                     reason = run_vcpu(shim)
+                    if words[i_emergency]:      # early console bytes first
+                        self.fast.flush_emergency()
                     at_exit = reason == exit_io and io.port == exit_port
                     if at_exit:
                         handle_trap()
@@ -230,11 +233,13 @@ class Host:
     def shutdown(self) -> None:
         """Stop the Host's threads; the run is over. Page faults the
         Switcher reflected never exited: --stats lists them apart."""
+        self.fast.flush_emergency()           # console bytes the Switcher still holds
         self.fast_faults = self.fast.count
         self.in_vm.update({"page faults reflected": self.fast_faults,
                            "system calls delivered": self.fast.syscalls,
                            "port I/O, cli and CPUID answered": self.fast.gps,
-                           "SET_PTE": self.fast.ptes})
+                           "SET_PTE": self.fast.ptes,
+                           "FLUSH_ASYNC": self.fast.flushes})
         if self.clock_vm.on:
             self.in_vm.update(self.clock_vm.counts())
         if self.recorder is not None:

@@ -24,7 +24,7 @@ up and exit as before, so Python decides what happens (usually: kill).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .lguest_data import LHCALL_RING_SIZE
 
@@ -39,7 +39,8 @@ class FastPath:
               "SW_FAST_ESP1", "SW_FAST_CR2_AT", "SW_FAST_IRQ_AT", "SW_FAST_SYS_HANDLER",
               "SW_IO_ON", "SW_CPUID_N", "SW_IO_CLAIMED", "SW_HCALL_ON", "SW_PTE_MODE",
               "SW_PTE_LIMIT", "SW_KERNEL_ADDR", "SW_PT_CR3", "SW_BLOCKED_AT", "SW_HSTATUS_AT",
-              "SW_PCI_N", "SW_PCI_TABLE")
+              "SW_PCI_N", "SW_PCI_TABLE", "SW_EMERG_LATCH", "SW_EMERG_OFFSET",
+              "SW_FLUSH_ON")
 
     def __init__(self, host: "Host", enabled: bool = True) -> None:
         self.host = host
@@ -54,12 +55,19 @@ class FastPath:
         self.i_syscalls = (image.SW_FAST_SYSCALLS - regpage) // 4
         self.i_gps = (image.SW_FAST_GPS - regpage) // 4
         self.i_ptes = (image.SW_FAST_PTES - regpage) // 4
+        self.i_flushes = (image.SW_FAST_FLUSHES - regpage) // 4
         self.i_host_pending = (image.SW_HOST_PENDING - regpage) // 4
         self.i_hcall_next = (image.SW_HCALL_NEXT - regpage) // 4
         self.i_pci_latch = (image.SW_PCI_LATCH - regpage) // 4
         self.i_pci_kept = (image.SW_PCI_SHADOW - regpage) // 4
+        self.i_emerg_n = (image.SW_EMERG_N - regpage) // 4
+        self.emerg_at = image.SW_EMERG_BUF - regpage
+        self.emerg_max = image.SW_EMERG_MAX
+        self.emergency_sink: Callable[[bytes], None] | None = None
+        self._set("SW_EMERG_LATCH", 0)
         self._set("SW_PCI_N", 0)
         self._set("SW_HCALL_ON", 0)
+        self._set("SW_FLUSH_ON", int(enabled))   # an empty FLUSH_ASYNC resumes at once
         self._set("SW_PTE_MODE", 0)
         self.window: int | None = None                   # lguest_data's address in it
         self._set("SW_FAST_ON", 0)
@@ -77,6 +85,11 @@ class FastPath:
     def ptes(self) -> int:
         """SET_PTEs it checked and carried out by itself."""
         return self.host.requests.words[self.i_ptes]
+
+    @property
+    def flushes(self) -> int:
+        """FLUSH_ASYNCs with the ring empty it resumed from by itself."""
+        return self.host.requests.words[self.i_flushes]
 
     def update_paging(self) -> None:
         """SET_PTE in the Switcher: what PageTables.set_pte checks against.
@@ -126,6 +139,28 @@ class FastPath:
         for i, latch in enumerate(latches):
             self.words[at + i] = latch
         self._set("SW_PCI_N", len(latches))
+
+    def gather_emergency_writes(self, latch: int, offset: int,
+                                sink: Callable[[bytes], None]) -> None:
+        """G3's early console: bytes written to the console's emerg_wr
+        through its PCI_CFG window (its data dword named by ``latch``,
+        ``offset`` the field's place in BAR 0; the window's fields must be
+        table entries 0-2) are gathered by the Switcher, a line at a time,
+        and go to ``sink`` at the next exit (see flush_emergency)."""
+        self.emergency_sink = sink
+        self._set("SW_EMERG_LATCH", latch if self.enabled else 0)
+        self._set("SW_EMERG_OFFSET", offset)
+
+    def flush_emergency(self) -> None:
+        """Write out what the Switcher gathered. The Host calls this at
+        every exit that finds bytes waiting, before it handles the exit, so
+        they come out in order with everything the guest writes later; an
+        idle guest's HALT exits while any wait (the Switcher sees to it)."""
+        words = self.host.requests.words
+        n = min(words[self.i_emerg_n], self.emerg_max)   # ring-0 state, yet bounded
+        words[self.i_emerg_n] = 0
+        if n and self.emergency_sink is not None:
+            self.emergency_sink(bytes(words.cast("B")[self.emerg_at:self.emerg_at + n]))
 
     @property
     def pci_latch(self) -> int:

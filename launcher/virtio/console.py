@@ -67,8 +67,8 @@ class Console(Device):
     def emergency_write_offset(self) -> int | None:
         return EMERG_WR_OFFSET
 
-    def emergency_write(self, byte: int) -> None:
-        self.write(bytes([byte]))
+    def emergency_write(self, data: bytes) -> None:
+        self.write(data)
 
     def extra_fds(self) -> list[int]:
         return [] if self.in_fd is None else [self.in_fd]

@@ -52,8 +52,9 @@ class Device:
         console's emerg_wr), or None."""
         return None
 
-    def emergency_write(self, byte: int) -> None:
-        pass
+    def emergency_write(self, data: bytes) -> None:
+        """Bytes written there (one per write; the Switcher may gather a
+        line of them first)."""
 
     def extra_fds(self) -> list[int]:
         return []

@@ -33,8 +33,8 @@ from ..errors import GuestFault
 from ..kvm import KvmError
 from ..memory import GuestMemory
 from .device import Device
-from .pci_config import (DEVICE_CFG_OFFSET, NOTIFY_OFFSET, PCI_CFG_BAR, PCI_CFG_LENGTH,
-                         PCI_CFG_OFFSET, ConfigSpace, bar_size)
+from .pci_config import (DEVICE_CFG_OFFSET, NOTIFY_OFFSET, PCI_CFG_BAR, PCI_CFG_DATA,
+                         PCI_CFG_LENGTH, PCI_CFG_OFFSET, ConfigSpace, bar_size)
 from .pci_function import VirtioPciFunction
 
 PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA = 0xCF8, 0xCFC
@@ -100,6 +100,15 @@ class PciBus:
         self.put_back()
         host.fast.keep_config_writes([PCI_CONFIG_ENABLE | fn.slot << 11 | reg
                                       for fn, reg in kept])
+        # The early console's bytes, gathered a line at a time by the
+        # Switcher (one exit a line, not a character): only when the
+        # console's window fields are entries 0-2 above.
+        self.console = self.functions[0] if self.functions else None
+        emergency = self.console.device.emergency_write_offset() if self.console else None
+        if emergency is not None and kept[:3] == [(self.console, r) for r in KEPT_DWORDS]:
+            host.fast.gather_emergency_writes(
+                PCI_CONFIG_ENABLE | self.console.slot << 11 | PCI_CFG_DATA,
+                DEVICE_CFG_OFFSET + emergency, self.console.device.emergency_write)
         host.on_mmio, host.mmio_kind = self.mmio, self.kind_of
         host.device_limit = self.limit         # PTEs may map the BARs
 

@@ -274,7 +274,7 @@ class VirtioPciFunction:
         at = offset - DEVICE_CFG_OFFSET
         emergency = self.device.emergency_write_offset()
         if emergency is not None and at == emergency and width == 4:
-            self.device.emergency_write(value & 0xFF)
+            self.device.emergency_write(bytes([value & 0xFF]))
             return
         raise self.fail(f"wrote {width} bytes to device config at offset {at}")
 

@@ -121,7 +121,12 @@ pci_console:
         movl %edi, %eax
         andl $15, %eax
         addl $0x41, %eax
-        movw $0xcfc, %dx
+        cmpl $64, %edi                  /* the first four lines end in '\n' */
+        jae 2f
+        cmpl $0x50, %eax
+        jne 2f
+        movl $0x0A, %eax
+2:      movw $0xcfc, %dx
         outl %eax, %dx
         incl %edi
         cmpl %ebp, %edi
