@@ -32,7 +32,8 @@ so read the ratios:
   ``linux_boot_ms`` and ``linux_boot_exits`` per kernel, to the first
   userspace line;
 - the steady state, fast paths on and off (launcher/benchsteady.py):
-  ``idle_exits_per_s``, ``idle_host_cpu_pct``, ``linux_boot_exits``,
+  ``idle_exits_per_s``, ``idle_host_cpu_pct``, ``idle_kvm_cpu_pct``,
+  ``linux_boot_exits``,
   ``syscall_exits``, ``g3_syscall_exits``, ``timer_latency_us``.
 """
 from __future__ import annotations

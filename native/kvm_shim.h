@@ -32,6 +32,12 @@ struct shim_vcpu {
     uint64_t window_exits;
     uint64_t eintr_exits;
     uint64_t msi_kicks;           /* kicks sent as an MSI (in-kernel LAPIC) */
+    /* Measurement only (launcher-bench): with account set, the thread CPU
+     * time spent inside KVM_RUN (KVM's own work and the guest's code), so
+     * the launcher's own share is the process's time less this. */
+    int account;
+    uint64_t run_cpu_ns;          /* KVM_RUNs that returned */
+    uint64_t run_since;           /* the thread's CPU clock as the current one began; 0: none */
 };
 
 long shim_open(const char *path);
@@ -44,6 +50,8 @@ long shim_vcpu_run(struct shim_vcpu *v);
 void shim_vcpu_kick(struct shim_vcpu *v);
 void shim_vcpu_clear_kick(struct shim_vcpu *v);
 void shim_vcpu_stop(struct shim_vcpu *v);
+/* With account set: CPU time inside KVM_RUN so far, the current one too. */
+uint64_t shim_vcpu_run_cpu_ns(struct shim_vcpu *v);
 
 /* The exit floor: KVM_RUN n times on a guest that does nothing but `out`. */
 long shim_bench_exit_loop(struct shim_vcpu *v, long n, uint16_t port, uint64_t *elapsed_ns);
