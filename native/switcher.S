@@ -181,13 +181,8 @@
         .set SW_KERNEL_ADDR,    SW_FAST + 0x94
         .set SW_PT_CR3,         SW_FAST + 0x98   /* the table Python last loaded */
         .set SW_FAST_PTES,      SW_REGPAGE + 0xF0
-/* FLUSH_ASYNC with the ring empty (fast_hypercall checked) is nothing to do. */
-        .globl SW_FLUSH_ON, SW_FAST_FLUSHES
-        .set SW_FLUSH_ON,       SW_FAST + 0xF0   /* 0: FLUSH_ASYNC exits (--no-fast-traps) */
-        .set SW_FAST_FLUSHES,   SW_REGPAGE + 0xFC
-        .set LHCALL_FLUSH_ASYNC, 0
         .set SW_SENDINT_CALL,   SW_FAST + 0xE4   /* the generation's SEND_INTERRUPTS; 0: none */
-        .set SW_FAST_END,       SW_FAST + 0xF4
+        .set SW_FAST_END,       SW_FAST + 0xF0
         .set LHCALL_SET_PTE,    14
         .set PTE_P,             0x1
         .set PTE_PS,            0x80
@@ -759,12 +754,6 @@ fast_hypercall:
         je exit_to_host
 1:      cmpl $LHCALL_SET_PTE, %eax
         je fast_set_pte
-        testl %eax, %eax                /* LHCALL_FLUSH_ASYNC */
-        jnz 5f
-        cmpl $0, SW_FLUSH_ON
-        jne fast_flush
-        jmp exit_to_host
-5:
         cmpl $0, SW_CLK_ON
         je exit_to_host
         cmpl $LHCALL_SET_CLOCKEVENT, %eax
@@ -801,13 +790,6 @@ fast_set_pte:
         jb 4f
 3:      invlpg (%edi)
 4:      incl SW_FAST_PTES
-        jmp restore
-
-/* FLUSH_ASYNC: the ring is empty and nothing waits (fast_hypercall), so
-   Python would drain nothing and deliver nothing: resume. Linux 4.x makes
-   one at the end of every context switch. */
-fast_flush:
-        incl SW_FAST_FLUSHES
         jmp restore
 
 fast_clockevent:

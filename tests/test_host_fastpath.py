@@ -68,14 +68,4 @@ def test_no_fast_traps_keeps_it_off():
     hcall(h, H.LHCALL_LGUEST_INIT, LDATA)
     pf_gate(h)
     assert field(h, "SW_FAST_ON") == 0
-    assert field(h, "SW_FLUSH_ON") == 0          # every FLUSH_ASYNC exits
     h.clock.stop()
-
-
-def test_an_empty_flush_may_stay_in_the_vm(h):
-    """FLUSH_ASYNC resumes in the Switcher only when fast_hypercall's own
-    checks pass (the ring empty, nothing to deliver): it is on with the
-    trap fast path, and counted for --stats."""
-    assert field(h, "SW_FLUSH_ON") == 1
-    h.requests.words[h.fast.i_flushes] = 7
-    assert h.fast.flushes == 7

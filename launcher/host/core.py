@@ -238,8 +238,7 @@ class Host:
         self.in_vm.update({"page faults reflected": self.fast_faults,
                            "system calls delivered": self.fast.syscalls,
                            "port I/O, cli and CPUID answered": self.fast.gps,
-                           "SET_PTE": self.fast.ptes,
-                           "FLUSH_ASYNC": self.fast.flushes})
+                           "SET_PTE": self.fast.ptes})
         if self.clock_vm.on:
             self.in_vm.update(self.clock_vm.counts())
         if self.recorder is not None:

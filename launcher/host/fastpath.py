@@ -39,8 +39,7 @@ class FastPath:
               "SW_FAST_ESP1", "SW_FAST_CR2_AT", "SW_FAST_IRQ_AT", "SW_FAST_SYS_HANDLER",
               "SW_IO_ON", "SW_CPUID_N", "SW_IO_CLAIMED", "SW_HCALL_ON", "SW_PTE_MODE",
               "SW_PTE_LIMIT", "SW_KERNEL_ADDR", "SW_PT_CR3", "SW_BLOCKED_AT", "SW_HSTATUS_AT",
-              "SW_PCI_N", "SW_PCI_TABLE", "SW_EMERG_LATCH", "SW_EMERG_OFFSET",
-              "SW_FLUSH_ON")
+              "SW_PCI_N", "SW_PCI_TABLE", "SW_EMERG_LATCH", "SW_EMERG_OFFSET")
 
     def __init__(self, host: "Host", enabled: bool = True) -> None:
         self.host = host
@@ -55,7 +54,6 @@ class FastPath:
         self.i_syscalls = (image.SW_FAST_SYSCALLS - regpage) // 4
         self.i_gps = (image.SW_FAST_GPS - regpage) // 4
         self.i_ptes = (image.SW_FAST_PTES - regpage) // 4
-        self.i_flushes = (image.SW_FAST_FLUSHES - regpage) // 4
         self.i_host_pending = (image.SW_HOST_PENDING - regpage) // 4
         self.i_hcall_next = (image.SW_HCALL_NEXT - regpage) // 4
         self.i_pci_latch = (image.SW_PCI_LATCH - regpage) // 4
@@ -67,7 +65,6 @@ class FastPath:
         self._set("SW_EMERG_LATCH", 0)
         self._set("SW_PCI_N", 0)
         self._set("SW_HCALL_ON", 0)
-        self._set("SW_FLUSH_ON", int(enabled))   # an empty FLUSH_ASYNC resumes at once
         self._set("SW_PTE_MODE", 0)
         self.window: int | None = None                   # lguest_data's address in it
         self._set("SW_FAST_ON", 0)
@@ -85,11 +82,6 @@ class FastPath:
     def ptes(self) -> int:
         """SET_PTEs it checked and carried out by itself."""
         return self.host.requests.words[self.i_ptes]
-
-    @property
-    def flushes(self) -> int:
-        """FLUSH_ASYNCs with the ring empty it resumed from by itself."""
-        return self.host.requests.words[self.i_flushes]
 
     def update_paging(self) -> None:
         """SET_PTE in the Switcher: what PageTables.set_pte checks against.
