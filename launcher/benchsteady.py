@@ -46,9 +46,8 @@ SYSCALL_BYTES = 5000               # dd bs=1: one read and one write each
 def cpu_split_ns(vcpu: "Vcpu | None") -> tuple[int, int]:
     """(the launcher's own CPU time, KVM_RUN's) so far: the whole
     process's time (scheduler-exact) less what its vCPU thread spent inside
-    KVM_RUN, which is KVM's work and the guest's code, not ours; and that.
-    The first call starts the shim counting; marks that matter are taken
-    after the guest has started."""
+    KVM_RUN, which is KVM's work and the guest's code, not ours; and that
+    (counted from when Marks.account first ran)."""
     inside = vcpu.account_run_time() if vcpu is not None else 0
     return time.process_time_ns() - inside, inside
 
@@ -66,6 +65,15 @@ class Marks:
         self.at[name] = (exits, time.monotonic_ns(),
                          *cpu_split_ns(host.machine.vcpu if host else None))
 
+    def account(self) -> None:
+        """Have the shim count KVM_RUN's CPU time from the next KVM_RUN on.
+        Called at every console write, so it is on long before a window
+        begins: a KVM_RUN already under way when it is turned on is never
+        counted, and an idle guest's one KVM_RUN can last a whole window."""
+        host = self.session.host if self.session else None
+        if host is not None:
+            host.machine.vcpu.account_run_time()
+
     def between(self, begin: str, end: str) -> tuple[int, float, float, float]:
         """(exits, seconds, the launcher's CPU seconds, KVM_RUN's CPU
         seconds) from one mark to the next."""
@@ -82,6 +90,7 @@ class OwnGuestConsole(Marks):
         self.out = bytearray()
 
     def write(self, data: bytes) -> int:
+        self.account()
         if data[:3] in (b"@b:", b"@e:"):
             self.note(data[:-1].decode())
         else:
@@ -131,6 +140,7 @@ class ShellConsole(Marks):
         self.step = -1                      # -1: booting
 
     def write(self, data: bytes) -> int:
+        self.account()
         self.tail = (self.tail + data)[-512:]
         if self.step == -1 and b"userspace up" in self.tail:
             self.note("userspace")

@@ -53,13 +53,13 @@ def test_the_quiet_window_starts_over_at_any_output(pipe):
     assert typed(r) == b"idle\n"
     for ch in b"idle\r\n":                     # a slow echo, a character each 0.1 s
         time.sleep(0.1)
+        last = time.monotonic_ns()             # (before the write starts the timer)
         console.write(bytes([ch]))
         assert "idle_begin" not in console.at
-    last = time.monotonic_ns()
     wait_for(console, "idle_begin")
     assert console.at["idle_begin"][1] - last >= settle * 1e9
-    console.write(b"?")                        # output inside the window: again
     again = time.monotonic_ns()
+    console.write(b"?")                        # output inside the window: again
     wait_for(console, "idle_end")
     begin, end = console.at["idle_begin"][1], console.at["idle_end"][1]
     assert begin - again >= settle * 1e9 and end - begin >= seconds * 1e9
