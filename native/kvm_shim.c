@@ -119,13 +119,6 @@ static long inject_kick(struct shim_vcpu *v)
     return 1;
 }
 
-/*
- * Run until something Python must see: any exit except the ones this loop
- * uses to deliver kicks (EINTR from the kick signal, interrupt windows).
- * A kick is never lost: kick() sets kick_pending before it raises
- * immediate_exit and signals, and this loop checks kick_pending after every
- * KVM_RUN return, including the immediate one.
- */
 /* This thread's CPU time (scheduler-exact, unlike /proc's ticks): a
  * system call, which is why only a measuring run pays for it. */
 static uint64_t thread_cpu_ns(void)
@@ -136,6 +129,13 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * Run until something Python must see: any exit except the ones this loop
+ * uses to deliver kicks (EINTR from the kick signal, interrupt windows).
+ * A kick is never lost: kick() sets kick_pending before it raises
+ * immediate_exit and signals, and this loop checks kick_pending after every
+ * KVM_RUN return, including the immediate one.
+ */
 static long run_loop(struct shim_vcpu *v)
 {
     int injecting = 0;   /* a kick is waiting for an interrupt window */
