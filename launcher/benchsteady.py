@@ -48,7 +48,7 @@ def cpu_split_ns(vcpu: "Vcpu | None") -> tuple[int, int]:
     process's time (scheduler-exact) less what its vCPU thread spent inside
     KVM_RUN, which is KVM's work and the guest's code, not ours; and that
     (counted from when Marks.account first ran)."""
-    inside = vcpu.account_run_time() if vcpu is not None else 0
+    inside = vcpu.run_time_ns() if vcpu is not None else 0
     return time.process_time_ns() - inside, inside
 
 
@@ -72,7 +72,7 @@ class Marks:
         counted, and an idle guest's one KVM_RUN can last a whole window."""
         host = self.session.host if self.session else None
         if host is not None:
-            host.machine.vcpu.account_run_time()
+            host.machine.vcpu.count_run_time()
 
     def between(self, begin: str, end: str) -> tuple[int, float, float, float]:
         """(exits, seconds, the launcher's CPU seconds, KVM_RUN's CPU
@@ -161,13 +161,11 @@ class ShellConsole(Marks):
                 self.timer.cancel()
         if self.step < len(self.steps):
             os.write(self.input_fd, self.steps[self.step][0].encode())
-            if self.quiet and self.step == self.quiet[0]:
-                self.step += 1
-                self._quiet_from_now()
-                return
         else:
             os.write(self.input_fd, b"poweroff -f\n")
         self.step += 1
+        if self.quiet and self.step == self.quiet[0] + 1:
+            self._quiet_from_now()          # the command typed: the window may begin
 
     def _quiet_from_now(self) -> None:
         """Output (or the command typed): the quiet window starts over."""
@@ -176,9 +174,7 @@ class ShellConsole(Marks):
                 return
             if self.timer is not None:
                 self.timer.cancel()
-            self.timer = threading.Timer(self.quiet[1], self._quiet_mark, ("begin",))
-            self.timer.daemon = True
-            self.timer.start()
+            self._arm(self.quiet[1], "begin")
 
     def _quiet_mark(self, which: str) -> None:
         with self.lock:
@@ -188,9 +184,13 @@ class ShellConsole(Marks):
             if which == "end":
                 self.quiet_done = True
                 return
-            self.timer = threading.Timer(self.quiet[2], self._quiet_mark, ("end",))
-            self.timer.daemon = True
-            self.timer.start()
+            self._arm(self.quiet[2], "end")
+
+    def _arm(self, delay: float, which: str) -> None:
+        """The quiet window's next mark, ``delay`` seconds on (lock held)."""
+        self.timer = threading.Timer(delay, self._quiet_mark, (which,))
+        self.timer.daemon = True
+        self.timer.start()
 
     def flush(self) -> None:
         pass

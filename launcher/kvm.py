@@ -336,11 +336,15 @@ class Vcpu:
         return {"kicks_injected": s.kicks_injected, "window_exits": s.window_exits,
                 "eintr_exits": s.eintr_exits, "msi_kicks": s.msi_kicks}
 
-    def account_run_time(self) -> int:
-        """Start (if need be) counting the CPU time this vCPU's thread
-        spends inside KVM_RUN, and return it so far, in ns. Measuring
-        costs two system calls per KVM_RUN: launcher-bench only."""
+    def count_run_time(self) -> None:
+        """Count the CPU time this vCPU's thread spends inside KVM_RUN,
+        from the next KVM_RUN on. It costs two system calls per KVM_RUN:
+        launcher-bench only."""
         self.shim.account = 1
+
+    def run_time_ns(self) -> int:
+        """That time so far (counting starts now if it had not)."""
+        self.count_run_time()
         return lib.shim_vcpu_run_cpu_ns(self.shim)
 
     def close(self) -> None:

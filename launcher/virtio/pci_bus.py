@@ -51,9 +51,16 @@ CLAIMED_PORTS = [(PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA + 3), (KBD_STATUS_PORT, KB
 MAX_SLOTS = 32
 # The PCI_CFG window's fields: plain storage, so the Switcher may keep the
 # guest's writes to them (Linux 4.x's early console sets all three for
-# every character it prints); the data register behind them always exits.
+# every character it prints); the data register behind them exits, but for
+# the console's emergency write, whose bytes the Switcher gathers.
 KEPT_DWORDS = (PCI_CFG_BAR, PCI_CFG_OFFSET, PCI_CFG_LENGTH)
 BAR_GAP = 1 << 20                        # BARs start 1 MiB above the end of RAM
+
+
+def config_latch(fn: VirtioPciFunction, reg: int) -> int:
+    """What the guest writes to CONFIG_ADDRESS to reach ``reg`` of ``fn``
+    (bus 0, function 0; the low two bits clear)."""
+    return PCI_CONFIG_ENABLE | fn.slot << 11 | reg
 
 
 class PciBus:
@@ -98,17 +105,16 @@ class PciBus:
         kept = kept[:host.image.SW_PCI_MAX]
         self.kept = [(fn.config, reg) for fn, reg in kept]
         self.put_back()
-        host.fast.keep_config_writes([PCI_CONFIG_ENABLE | fn.slot << 11 | reg
-                                      for fn, reg in kept])
+        host.fast.keep_config_writes([config_latch(fn, reg) for fn, reg in kept])
         # The early console's bytes, gathered a line at a time by the
         # Switcher (one exit a line, not a character): only when the
         # console's window fields are entries 0-2 above.
-        self.console = self.functions[0] if self.functions else None
-        emergency = self.console.device.emergency_write_offset() if self.console else None
-        if emergency is not None and kept[:3] == [(self.console, r) for r in KEPT_DWORDS]:
-            host.fast.gather_emergency_writes(
-                PCI_CONFIG_ENABLE | self.console.slot << 11 | PCI_CFG_DATA,
-                DEVICE_CFG_OFFSET + emergency, self.console.device.emergency_write)
+        console = self.functions[0] if self.functions else None
+        emergency = console.device.emergency_write_offset() if console else None
+        if emergency is not None and kept[:3] == [(console, r) for r in KEPT_DWORDS]:
+            host.fast.gather_emergency_writes(config_latch(console, PCI_CFG_DATA),
+                                              DEVICE_CFG_OFFSET + emergency,
+                                              console.device.emergency_write)
         host.on_mmio, host.mmio_kind = self.mmio, self.kind_of
         host.device_limit = self.limit         # PTEs may map the BARs
 
