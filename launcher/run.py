@@ -165,7 +165,7 @@ class Session:
         try:
             self._load(memory)
         finally:
-            memory.view.release()
+            memory.release()
             scratch.close()
 
     def _load(self, memory: GuestMemory):
