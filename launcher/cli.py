@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(Linux 2.6.23-4.13);\nlguest's own form `launcher 64 vmlinux args...` "
                "(memory in MiB first) works too.\n\n"
                "LGUEST_FAST_PATHS=off in the environment makes every --no-fast-* "
-               "option the default;\nLGUEST_FAST_CLOCK=on makes --fast-clock the default.\n\n"
+               "option the default;\nLGUEST_FAST_CLOCK=off makes --no-fast-clock the default.\n\n"
                + EXIT_STATUSES)
     p.add_argument("kernel", nargs="?", metavar="KERNEL", help="guest kernel image")
     p.add_argument("guest_args", nargs="*", metavar="GUEST ARGS",
@@ -123,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     clock.add_argument("--fast-clock", dest="fast_clock", action="store_true",
                        help="keep the guest's clock event, HALT and timer interrupt in the VM "
                             "(KVM's local APIC and the Switcher): hundreds of exits a second "
-                            "fewer when idle; off by default for now (README, Performance)")
+                            "fewer when idle (the default)")
     clock.add_argument("--no-fast-clock", dest="fast_clock", action="store_false",
-                       help="take them through the Python Host (the default, and the "
-                            "reference behaviour)")
+                       help="take them through the Python Host, with no local APIC in KVM "
+                            "(slower; the reference behaviour)")
     p.add_argument("--no-ioeventfd", dest="ioeventfd", action="store_false",
                    help="G3 guests: take queue kicks as MMIO exits handled in Python, not "
                         "as KVM ioeventfds (slower; for measuring and debugging)")

@@ -6,13 +6,10 @@ Python whenever a case is not the plain one. They are:
 
 - ``fast_traps`` (``--no-fast-traps``): the Switcher reflects a guest's
   page fault itself (host/fastpath.py);
-- ``fast_clock`` (``--fast-clock``, off by default for now): a local APIC
-  in KVM, and the Switcher takes SET_CLOCKEVENT, HALT and the clock
-  interrupt (host/clockfast.py). Off by default because of one open
-  defect: under a storm of device interrupts (the own guest sending into
-  a deleted tap) a guest's transmit queue was seen, a few times in twenty
-  runs, to hand back a descriptor twice, only with the Switcher
-  delivering the tick. ``LGUEST_FAST_CLOCK=on`` makes it the default;
+- ``fast_clock`` (``--no-fast-clock``): a local APIC in KVM, and the
+  Switcher takes SET_CLOCKEVENT, HALT and the clock interrupt
+  (host/clockfast.py); ``LGUEST_FAST_CLOCK=off`` makes it default to off
+  alone;
 - ``ioeventfd`` (``--no-ioeventfd``): G3 queue kicks signal the device's
   eventfd inside KVM (virtio/pci_bus.py).
 
@@ -36,10 +33,10 @@ CLOCK_ENV = "LGUEST_FAST_CLOCK"
 
 
 def fast_clock_default() -> bool:
-    """The clock in the VM: only when asked for (LGUEST_FAST_CLOCK=on),
-    and never with LGUEST_FAST_PATHS=off."""
-    return fast_paths_default() and os.environ.get(CLOCK_ENV, "off").strip().lower() in (
-        "on", "1", "yes", "true")
+    """The clock in the VM: on with the other fast paths, unless
+    LGUEST_FAST_CLOCK=off."""
+    return fast_paths_default() and os.environ.get(CLOCK_ENV, "on").strip().lower() not in (
+        "off", "0", "no", "false")
 
 
 def choose(wanted: bool | None) -> bool:

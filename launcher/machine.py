@@ -143,7 +143,7 @@ class Machine:
         self._setup_switcher_region()
         # The LAPIC must be asked for before the vCPU exists.
         self.apic_in_kernel = False
-        self.apic_note = "the clock in the VM is off (--fast-clock turns it on)"
+        self.apic_note = "the clock in the VM is off (--no-fast-clock)"
         if fast_clock_default() if apic is None else apic:
             self.apic_note = self._enable_apic()
         self.vcpu: Vcpu = self.vm.create_vcpu(0, KICK_VECTOR)

@@ -3,8 +3,8 @@
 An idle guest's life is a loop: the clock event fires, IRQ 0 runs the
 guest's tick, the tick re-arms the clock (SET_CLOCKEVENT), and the idle
 loop HALTs. Through Python that is three exits per tick. When the Machine
-put a local APIC into KVM (``machine.apic_in_kernel``: ``--fast-clock``,
-opt-in for now, launcher/fastpaths.py says why), native/switcher.S does
+put a local APIC into KVM (``machine.apic_in_kernel``: the default,
+``--no-fast-clock`` turns it off), native/switcher.S does
 all three itself:
 
 - SET_CLOCKEVENT(ns) writes the APIC timer's count (one count = 1 ns);
