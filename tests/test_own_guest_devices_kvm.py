@@ -199,6 +199,10 @@ KILLED = [
     (["hostile=clock", "step=1"], LGK, r"0xffc05efc"),
     (["hostile=clock", "step=1"], LGK_PAE, r"0xffc05efc"),
     (["hostile=clock", "step=2"], LGK, r"is not mapped"),
+    (["hostile=clock", "step=3"], LGK, r"gate for vector \d+ points into the Switcher's region"),
+    (["hostile=clock", "step=4"], LGK, r"0xffc05efc"),
+    (["hostile=clock", "step=4"], LGK_PAE, r"0xffc05efc"),
+    (["hostile=clock", "step=5"], LGK, r"is not mapped"),
 ]
 
 

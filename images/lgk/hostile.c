@@ -21,8 +21,9 @@
  *   vqloop   descriptor chains that loop, on the console's output queue
  *   vqrange  descriptors and ring indexes outside RAM or the ring
  *   notify   a storm of NOTIFYs with random values, then values beyond RAM
- *   clock    the clock interrupt delivered into the Switcher's pages or onto a
- *            bad stack (the Switcher's own delivery and Python's)
+ *   clock    the clock interrupt (the Switcher's own delivery and Python's),
+ *            then a device's (the rng's: run with --rng), delivered into the
+ *            Switcher's pages or onto a bad stack
  */
 #include "virtio.h"
 
@@ -535,6 +536,69 @@ static void tick_stack_unmapped(void)
 	tick_while_on(kernel_hole + 0x800);
 }
 
+/* ---- device interrupts: what a device's interrupt is delivered into ------------------------ */
+/* The rng's request answered while its IRQ is masked and interrupts are
+   off: the IRQ is raised and waits for us. Returns its bit. */
+static u32 rng_irq_raised_masked(void)
+{
+	static char buf[16], token;
+	struct vbuf v = { __pa(buf), sizeof(buf) };
+	if (!vrng)
+		panic("hostile: no rng device (run with --rng)");
+	struct virtqueue *vq = &vrng->vq[0];
+	u32 bit = 1u << vq->irq;
+	console_flush();
+	irq_disable();
+	lguest_data.blocked_interrupts[0] |= bit;
+	if (vq_add(vq, &v, 0, 1, &token) < 0)
+		panic("hostile: the rng's queue is full");
+	vq_kick(vq);
+	while (vq->used->idx == vq->last_used)
+		__asm__ __volatile__("pause" ::: "memory");
+	return bit;
+}
+
+/* Unmask the waiting IRQ and HALT ("sti; hlt") with esp = `stack`: the
+   IRQ is delivered at once, onto that stack. The hypercall itself pushes
+   nothing there (it enters the Switcher's own stack). */
+static void device_irq_onto(u32 stack)
+{
+	u32 bit = rng_irq_raised_masked();
+	__asm__ __volatile__(
+		"movl %%esp, %[saved]\n\t"
+		"movl %[stack], %%esp\n\t"
+		"notl %[bit]\n\t"
+		"andl %[bit], %[blocked]\n\t"
+		"int $0x1f\n\t"
+		"movl %[saved], %%esp"
+		: [saved] "=m"(spin_saved_esp), [blocked] "+m"(lguest_data.blocked_interrupts[0]),
+		  [bit] "+r"(bit)
+		: [stack] "r"(stack), "a"(LHCALL_HALT)
+		: "cc", "memory");
+	kprintf("hostile: the rng's interrupt came and went\n");
+}
+
+static void device_gate_in_switcher(void)
+{
+	static char buf[16];
+	if (!vrng)
+		panic("hostile: no rng device (run with --rng)");
+	set_idt_gate(FIRST_EXTERNAL_VECTOR + vrng->vq[0].irq, (void *)(SWITCHER_BASE + 0x1000),
+		     GATE_INTERRUPT, 0);
+	console_flush();
+	rng_read(buf, sizeof(buf));             /* waits in HALT for the interrupt */
+}
+
+static void device_stack_in_switcher(void)
+{
+	device_irq_onto(SWITCHER_BASE + 0x5F00);
+}
+
+static void device_stack_unmapped(void)
+{
+	device_irq_onto(kernel_hole + 0x800);
+}
+
 /* ---- the modes ------------------------------------------------------------------------------ */
 #define ATTACKS(name) { #name, name##_attacks, ARRAY_SIZE(name##_attacks) }
 
@@ -589,6 +653,11 @@ static const struct attack clock_attacks[] = {
 	{ "the clock interrupt's gate pointing into the Switcher's region", tick_gate_in_switcher, 1 },
 	{ "the kernel stack in the Switcher's register page when the clock fires", tick_stack_in_switcher, 1 },
 	{ "the kernel stack on an unmapped page when the clock fires", tick_stack_unmapped, 1 },
+	{ "a device interrupt's gate pointing into the Switcher's region", device_gate_in_switcher, 1 },
+	{ "the kernel stack in the Switcher's register page when a device interrupt comes",
+	  device_stack_in_switcher, 1 },
+	{ "the kernel stack on an unmapped page when a device interrupt comes",
+	  device_stack_unmapped, 1 },
 };
 
 static const struct {
