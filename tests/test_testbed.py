@@ -224,3 +224,15 @@ def test_a_cache_from_an_older_module_list_is_out_of_date(tmp_path, monkeypatch)
         {"format": testbed.CACHE_FORMAT, "wanted": ["kvm-amd"], "order": [], "boot": "vmlinuz"}))
     assert testbed.available() == (f"the testbed in {tmp_path} is out of date (it needs other "
                                    f"modules): {testbed.INSTALL_HINT}")
+
+
+def test_the_monitor_is_off_unless_a_socket_is_asked_for(monkeypatch):
+    def monitor(argv):
+        return argv[argv.index("-monitor") + 1]
+    args = dict(mem_mb=512, job="j", shares=[], port_chardevs={n: "null,id=" + n for n in testbed.PORTS},
+                console="/tmp/c.log")
+    paths = testbed.CachePaths("/nonexistent")
+    monkeypatch.delenv("LGUEST_TESTBED_MONITOR", raising=False)
+    assert monitor(testbed.qemu_argv(paths, "k", **args)) == "none"
+    monkeypatch.setenv("LGUEST_TESTBED_MONITOR", "/tmp/a,b.sock")
+    assert monitor(testbed.qemu_argv(paths, "k", **args)) == "unix:/tmp/a,,b.sock,server,nowait"
