@@ -768,13 +768,13 @@ def _qemu_opt(value: str) -> str:
 def qemu_argv(p: CachePaths, kernel: str, *, mem_mb: int, job: str, shares: Sequence[str],
               port_chardevs: dict[str, str], console: str,
               net_fd: Optional[int] = None) -> list[str]:
+    # LGUEST_TESTBED_MONITOR=PATH: QEMU's monitor on a Unix socket there
+    # (`info registers` of a testbed that stopped making progress).
+    monitor_path = os.environ.get("LGUEST_TESTBED_MONITOR")
+    monitor = f"unix:{_qemu_opt(monitor_path)},server,nowait" if monitor_path else "none"
     argv = [
         QEMU, "-accel", "tcg", "-cpu", os.environ.get("LGUEST_TESTBED_CPU", "max"), "-m", str(mem_mb), "-smp", "1",
-        "-nodefaults", "-display", "none", "-no-reboot",
-        # LGUEST_TESTBED_MONITOR=PATH: QEMU's monitor on a Unix socket there
-        # (`info registers` of a testbed that stopped making progress).
-        "-monitor", (f"unix:{_qemu_opt(os.environ['LGUEST_TESTBED_MONITOR'])},server,nowait"
-                     if os.environ.get("LGUEST_TESTBED_MONITOR") else "none"),
+        "-nodefaults", "-display", "none", "-monitor", monitor, "-no-reboot",
         "-kernel", kernel, "-initrd", p.initrd,
         "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 testbed.job={job}",
         "-serial", "file:" + _qemu_opt(console),
