@@ -537,15 +537,20 @@ static void tick_stack_unmapped(void)
 }
 
 /* ---- device interrupts: what a device's interrupt is delivered into ------------------------ */
+static struct virtqueue *rng_queue(void)
+{
+	if (!vrng)
+		panic("hostile: no rng device (run with --rng)");
+	return &vrng->vq[0];
+}
+
 /* The rng's request answered while its IRQ is masked and interrupts are
    off: the IRQ is raised and waits for us. Returns its bit. */
 static u32 rng_irq_raised_masked(void)
 {
 	static char buf[16], token;
 	struct vbuf v = { __pa(buf), sizeof(buf) };
-	if (!vrng)
-		panic("hostile: no rng device (run with --rng)");
-	struct virtqueue *vq = &vrng->vq[0];
+	struct virtqueue *vq = rng_queue();
 	u32 bit = 1u << vq->irq;
 	console_flush();
 	irq_disable();
@@ -581,9 +586,7 @@ static void device_irq_onto(u32 stack)
 static void device_gate_in_switcher(void)
 {
 	static char buf[16];
-	if (!vrng)
-		panic("hostile: no rng device (run with --rng)");
-	set_idt_gate(FIRST_EXTERNAL_VECTOR + vrng->vq[0].irq, (void *)(SWITCHER_BASE + 0x1000),
+	set_idt_gate(FIRST_EXTERNAL_VECTOR + rng_queue()->irq, (void *)(SWITCHER_BASE + 0x1000),
 		     GATE_INTERRUPT, 0);
 	console_flush();
 	rng_read(buf, sizeof(buf));             /* waits in HALT for the interrupt */
